@@ -1,0 +1,478 @@
+"""Ready-made optimizers: chains of transformations with torch.optim's options and defaults.
+
+Each alias returns a :class:`~optiquant.optim.base.GradientTransformation` whose updates
+are to be added to the parameters (``apply_updates``). ``lr`` may be a number, a schedule
+(a callable of the step count) or a tensor (which may require grad, to meta-learn it).
+Defaults follow ``torch.optim`` so that a function and its class twin agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from optiquant._typing import OptState, Params, ScalarOrSchedule, Updates
+from optiquant.optim import _fused
+from optiquant.optim._validate import (
+    check_beta,
+    check_betas,
+    check_bool,
+    check_non_negative,
+    check_positive,
+    check_scalar_or_schedule,
+    is_schedule,
+)
+from optiquant.optim.base import EmptyState, GradientTransformation, chain, identity
+from optiquant.optim.transform import (
+    add_decayed_weights,
+    flip_sign,
+    scale,
+    scale_by_adam,
+    scale_by_adamax,
+    scale_by_lion,
+    scale_by_nadam,
+    scale_by_radam,
+    scale_by_rms,
+    scale_by_rss,
+    scale_by_schedule,
+    scale_by_stddev,
+    trace,
+)
+from optiquant.optim.transform._ops import Selection
+from optiquant.tree import tree_leaves
+
+__all__ = ["adagrad", "adam", "adamax", "adamw", "lion", "nadam", "radam", "rmsprop", "sgd"]
+
+
+def _neg_lr(lr: ScalarOrSchedule, foreach: bool | None) -> GradientTransformation:
+    """The final ``-lr`` scaling (by a schedule of the step count when ``lr`` is callable)."""
+    if is_schedule(lr):
+        return scale_by_schedule(lambda count: -lr(count), foreach=foreach)  # type: ignore[operator]
+    return scale(-lr, foreach=foreach)  # type: ignore[operator]
+
+
+def _sign_and_decay(maximize: bool, weight_decay: Any, foreach: bool | None) -> GradientTransformation:
+    """``g -> (-g if maximize else g) + weight_decay * p``, torch.optim's coupled L2."""
+    parts = []
+    if maximize:
+        parts.append(flip_sign(foreach=foreach))
+    if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
+        parts.append(add_decayed_weights(weight_decay, foreach=foreach))
+    return _single(parts)
+
+
+def _single(parts: list[GradientTransformation]) -> GradientTransformation:
+    if not parts:
+        return identity()
+    if len(parts) == 1:
+        return parts[0]
+    inner = chain(*parts)
+
+    def init(params: Params) -> OptState:
+        del params
+        return EmptyState()
+
+    def update(
+        updates: Updates, state: OptState, params: Params | None = None, *, inplace: bool = True, **extra: Any
+    ) -> tuple[Updates, OptState]:
+        updates, _ = inner.update(updates, tuple(EmptyState() for _ in parts), params, inplace=inplace, **extra)
+        return updates, state
+
+    return GradientTransformation(init, update)
+
+
+def _check_common(lr: Any, eps: Any | None, weight_decay: Any) -> None:
+    check_scalar_or_schedule(lr, "lr")
+    if eps is not None:
+        check_positive(eps, "eps")
+    check_non_negative(weight_decay, "weight_decay")
+
+
+def sgd(
+    lr: ScalarOrSchedule,
+    momentum: float | torch.Tensor = 0.0,
+    dampening: float = 0.0,
+    weight_decay: float | torch.Tensor = 0.0,
+    nesterov: bool = False,
+    *,
+    moment_requires_grad: bool = False,
+    maximize: bool = False,
+    foreach: bool | None = None,
+) -> GradientTransformation:
+    """Stochastic gradient descent with momentum, as ``torch.optim.SGD``.
+
+    >>> import torch, optiquant as oq
+    >>> p = torch.tensor([1.0])
+    >>> tx = oq.sgd(lr=0.1)
+    >>> tx.update(torch.tensor([2.0]), tx.init(p), p)[0]
+    tensor([-0.2000])
+    """
+    _check_common(lr, None, weight_decay)
+    check_non_negative(momentum, "momentum")
+    check_bool(maximize, "maximize")
+    return chain(
+        _sign_and_decay(maximize, weight_decay, foreach),
+        trace(momentum, dampening, nesterov, moment_requires_grad=moment_requires_grad, foreach=foreach),
+        _neg_lr(lr, foreach),
+    )
+
+
+def _adam_like(
+    lr: ScalarOrSchedule,
+    betas: tuple[Any, Any],
+    eps: Any,
+    weight_decay: Any,
+    *,
+    decoupled: bool,
+    eps_root: float,
+    mask: Any,
+    moment_requires_grad: bool,
+    maximize: bool,
+    amsgrad: bool,
+    nesterov: bool,
+    foreach: bool | None,
+) -> GradientTransformation:
+    _check_common(lr, eps, weight_decay)
+    b1, b2 = check_betas(betas)
+    check_bool(maximize, "maximize")
+    check_bool(amsgrad, "amsgrad")
+    pre = _sign_and_decay(maximize, 0.0 if decoupled else weight_decay, foreach)
+    core = scale_by_adam(
+        b1, b2, eps, eps_root, moment_requires_grad=moment_requires_grad, nesterov=nesterov,
+        amsgrad=amsgrad, foreach=foreach,
+    )
+    post = add_decayed_weights(weight_decay, mask, foreach=foreach) if decoupled else identity()
+    generic = chain(pre, core, post, _neg_lr(lr, foreach))
+    numbers = [_fused.as_float(x) for x in (b1, b2, eps, weight_decay)]
+    fusable = (
+        foreach is not False
+        and None not in numbers
+        and eps_root == 0.0
+        and not nesterov
+        and not moment_requires_grad
+        and mask is None
+        and (is_schedule(lr) or _fused.as_float(lr) is not None)
+    )
+    if not fusable:
+        return generic
+    fb1, fb2, feps, fwd = (float(x) for x in numbers)  # type: ignore[arg-type]
+
+    def lr_now(state: OptState) -> float:
+        if is_schedule(lr):
+            return float(lr(int(state[3].count)))  # type: ignore[operator]
+        return float(lr)  # type: ignore[arg-type]
+
+    def tick(state: OptState) -> None:
+        if is_schedule(lr):
+            state[3].count.add_(1)
+
+    def adam_lists(updates: Any, state: OptState) -> tuple[Selection, list[list[torch.Tensor]]]:
+        adam_state = state[1]
+        trees = [adam_state.mu, adam_state.nu, adam_state.count]
+        if amsgrad:
+            trees.append(adam_state.nu_max)
+        sel = Selection(updates, trees, ["mu", "nu", "count", "nu_max"][: len(trees)])
+        lists = [sel.state(k) for k in range(len(trees))]
+        if not amsgrad:
+            lists.append([])
+        return sel, lists
+
+    def update(
+        updates: Updates, state: OptState, params: Params | None = None, *, inplace: bool = True, **extra: Any
+    ) -> tuple[Updates, OptState]:
+        if not inplace:
+            return generic.update(updates, state, params, inplace=inplace, **extra)
+        sel, (mus, nus, counts, maxs) = adam_lists(updates, state)
+        gs = sel.updates
+        step_lr = lr_now(state)
+        if not _fused.can_fuse(gs + mus + nus + maxs) or _fused.cancelling_decay(step_lr) is None:
+            return generic.update(updates, state, params, inplace=inplace, **extra)
+        needs_params = fwd != 0.0
+        if needs_params and params is None:
+            raise ValueError("weight_decay needs params: call update(updates, state, params)")
+        ps = [tree_leaves(params)[i].detach() for i in sel.indices] if needs_params else []
+        kernel_maximize = maximize
+        if not decoupled and fwd != 0.0:
+            if maximize:
+                torch._foreach_neg_(gs)
+                kernel_maximize = False
+            torch._foreach_add_(gs, ps, alpha=fwd)
+        _fused.fused_adam_updates(
+            gs, mus, nus, maxs, counts, lr=step_lr, b1=fb1, b2=fb2, eps=feps, amsgrad=amsgrad,
+            maximize=kernel_maximize,
+        )
+        if decoupled and fwd != 0.0:
+            torch._foreach_add_(gs, ps, alpha=-step_lr * fwd)
+        tick(state)
+        return sel.updates_tree(gs), state
+
+    def apply_fused(params: Params, grads: Updates, state: OptState) -> OptState | None:
+        sel, (mus, nus, counts, maxs) = adam_lists(grads, state)
+        gs = sel.updates
+        all_params = tree_leaves(params)
+        ps = [all_params[i] for i in sel.indices]
+        step_lr = lr_now(state)
+        if not gs or not _fused.can_fuse([p.detach() for p in ps] + gs + mus + nus + maxs):
+            return None
+        with torch.no_grad():
+            _fused.fused_adam_step(
+                [p.detach() for p in ps], gs, mus, nus, maxs, counts, lr=step_lr, b1=fb1, b2=fb2,
+                eps=feps, weight_decay=fwd, decoupled=decoupled, amsgrad=amsgrad, maximize=maximize,
+            )
+        tick(state)
+        return state
+
+    return GradientTransformation(generic.init, update, apply_fused)
+
+
+def adam(
+    lr: ScalarOrSchedule = 1e-3,
+    betas: tuple[float | torch.Tensor, float | torch.Tensor] = (0.9, 0.999),
+    eps: float | torch.Tensor = 1e-8,
+    weight_decay: float | torch.Tensor = 0.0,
+    *,
+    eps_root: float = 0.0,
+    moment_requires_grad: bool = False,
+    maximize: bool = False,
+    amsgrad: bool = False,
+    nesterov: bool = False,
+    foreach: bool | None = None,
+) -> GradientTransformation:
+    """Adam (Kingma and Ba, 2015) with coupled L2 ``weight_decay``, as ``torch.optim.Adam``.
+
+    On the CPU with plain-number hyperparameters, in-place updates go through torch's
+    fused Adam kernel. In differentiable mode (``inplace=False``) the square root has a
+    finite derivative at 0, so meta-gradients stay finite when gradients are exactly zero.
+
+    >>> import torch, optiquant as oq
+    >>> p = {"w": torch.tensor([1.0, -1.0])}
+    >>> tx = oq.adam(lr=0.1)
+    >>> u, _ = tx.update({"w": torch.tensor([3.0, -0.5])}, tx.init(p), p)
+    >>> torch.allclose(u["w"], torch.tensor([-0.1, 0.1]))
+    True
+    """
+    return _adam_like(
+        lr, betas, eps, weight_decay, decoupled=False, eps_root=eps_root, mask=None,
+        moment_requires_grad=moment_requires_grad, maximize=maximize, amsgrad=amsgrad,
+        nesterov=nesterov, foreach=foreach,
+    )
+
+
+def adamw(
+    lr: ScalarOrSchedule = 1e-3,
+    betas: tuple[float | torch.Tensor, float | torch.Tensor] = (0.9, 0.999),
+    eps: float | torch.Tensor = 1e-8,
+    weight_decay: float | torch.Tensor = 1e-2,
+    *,
+    eps_root: float = 0.0,
+    mask: Any = None,
+    moment_requires_grad: bool = False,
+    maximize: bool = False,
+    amsgrad: bool = False,
+    nesterov: bool = False,
+    foreach: bool | None = None,
+) -> GradientTransformation:
+    """AdamW: Adam with decoupled weight decay (only where ``mask`` is true), as ``torch.optim.AdamW``.
+
+    >>> import torch, optiquant as oq
+    >>> p = torch.tensor([1.0])
+    >>> tx = oq.adamw(lr=0.1, weight_decay=0.5)
+    >>> u, _ = tx.update(torch.tensor([0.0]), tx.init(p), p)
+    >>> torch.allclose(u, torch.tensor([-0.05]))
+    True
+    """
+    return _adam_like(
+        lr, betas, eps, weight_decay, decoupled=True, eps_root=eps_root, mask=mask,
+        moment_requires_grad=moment_requires_grad, maximize=maximize, amsgrad=amsgrad,
+        nesterov=nesterov, foreach=foreach,
+    )
+
+
+def adamax(
+    lr: ScalarOrSchedule = 2e-3,
+    betas: tuple[float | torch.Tensor, float | torch.Tensor] = (0.9, 0.999),
+    eps: float | torch.Tensor = 1e-8,
+    weight_decay: float | torch.Tensor = 0.0,
+    *,
+    moment_requires_grad: bool = False,
+    maximize: bool = False,
+    foreach: bool | None = None,
+) -> GradientTransformation:
+    """Adamax (the infinity-norm variant of Adam), as ``torch.optim.Adamax``.
+
+    >>> import torch, optiquant as oq
+    >>> p = torch.tensor([0.0])
+    >>> tx = oq.adamax(lr=0.1)
+    >>> u, _ = tx.update(torch.tensor([4.0]), tx.init(p), p)
+    >>> torch.allclose(u, torch.tensor([-0.1]))
+    True
+    """
+    _check_common(lr, eps, weight_decay)
+    b1, b2 = check_betas(betas)
+    return chain(
+        _sign_and_decay(maximize, weight_decay, foreach),
+        scale_by_adamax(b1, b2, eps, moment_requires_grad=moment_requires_grad, foreach=foreach),
+        _neg_lr(lr, foreach),
+    )
+
+
+def radam(
+    lr: ScalarOrSchedule = 1e-3,
+    betas: tuple[float | torch.Tensor, float | torch.Tensor] = (0.9, 0.999),
+    eps: float | torch.Tensor = 1e-8,
+    weight_decay: float | torch.Tensor = 0.0,
+    *,
+    decoupled_weight_decay: bool = False,
+    moment_requires_grad: bool = False,
+    maximize: bool = False,
+    foreach: bool | None = None,
+) -> GradientTransformation:
+    """Rectified Adam, as ``torch.optim.RAdam``.
+
+    >>> import torch, optiquant as oq
+    >>> p = torch.tensor([0.0])
+    >>> tx = oq.radam(lr=0.1)
+    >>> u, _ = tx.update(torch.tensor([4.0]), tx.init(p), p)
+    >>> torch.allclose(u, torch.tensor([-0.4]))
+    True
+    """
+    _check_common(lr, eps, weight_decay)
+    b1, b2 = check_betas(betas)
+    pre = _sign_and_decay(maximize, 0.0 if decoupled_weight_decay else weight_decay, foreach)
+    post = add_decayed_weights(weight_decay, foreach=foreach) if decoupled_weight_decay else identity()
+    return chain(
+        pre,
+        scale_by_radam(b1, b2, eps, moment_requires_grad=moment_requires_grad, foreach=foreach),
+        post,
+        _neg_lr(lr, foreach),
+    )
+
+
+def nadam(
+    lr: ScalarOrSchedule = 2e-3,
+    betas: tuple[float | torch.Tensor, float | torch.Tensor] = (0.9, 0.999),
+    eps: float | torch.Tensor = 1e-8,
+    weight_decay: float | torch.Tensor = 0.0,
+    momentum_decay: float = 4e-3,
+    *,
+    decoupled_weight_decay: bool = False,
+    moment_requires_grad: bool = False,
+    maximize: bool = False,
+    foreach: bool | None = None,
+) -> GradientTransformation:
+    """NAdam with momentum decay, as ``torch.optim.NAdam``.
+
+    >>> import torch, optiquant as oq
+    >>> p = torch.tensor([0.0])
+    >>> tx = oq.nadam(lr=0.1)
+    >>> u, _ = tx.update(torch.tensor([1.0]), tx.init(p), p)
+    >>> bool(u < 0)
+    True
+    """
+    _check_common(lr, eps, weight_decay)
+    b1, b2 = check_betas(betas)
+    pre = _sign_and_decay(maximize, 0.0 if decoupled_weight_decay else weight_decay, foreach)
+    post = add_decayed_weights(weight_decay, foreach=foreach) if decoupled_weight_decay else identity()
+    return chain(
+        pre,
+        scale_by_nadam(b1, b2, eps, momentum_decay, moment_requires_grad=moment_requires_grad, foreach=foreach),
+        post,
+        _neg_lr(lr, foreach),
+    )
+
+
+def adagrad(
+    lr: ScalarOrSchedule = 1e-2,
+    lr_decay: float = 0.0,
+    weight_decay: float | torch.Tensor = 0.0,
+    initial_accumulator_value: float = 0.0,
+    eps: float | torch.Tensor = 1e-10,
+    *,
+    maximize: bool = False,
+    foreach: bool | None = None,
+) -> GradientTransformation:
+    """Adagrad with learning-rate decay ``lr / (1 + t * lr_decay)``, as ``torch.optim.Adagrad``.
+
+    >>> import torch, optiquant as oq
+    >>> p = torch.tensor([0.0])
+    >>> tx = oq.adagrad(lr=0.1)
+    >>> u, _ = tx.update(torch.tensor([2.0]), tx.init(p), p)
+    >>> torch.allclose(u, torch.tensor([-0.1]))
+    True
+    """
+    _check_common(lr, eps, weight_decay)
+    check_non_negative(lr_decay, "lr_decay")
+    if lr_decay == 0:
+        final = _neg_lr(lr, foreach)
+    elif is_schedule(lr):
+        final = scale_by_schedule(lambda c: -lr(c) / (1.0 + c * lr_decay), foreach=foreach)  # type: ignore[operator]
+    else:
+        final = scale_by_schedule(lambda c: -lr / (1.0 + c * lr_decay), foreach=foreach)  # type: ignore[operator]
+    return chain(
+        _sign_and_decay(maximize, weight_decay, foreach),
+        scale_by_rss(initial_accumulator_value, eps, foreach=foreach),
+        final,
+    )
+
+
+def rmsprop(
+    lr: ScalarOrSchedule = 1e-2,
+    alpha: float | torch.Tensor = 0.99,
+    eps: float | torch.Tensor = 1e-8,
+    weight_decay: float | torch.Tensor = 0.0,
+    momentum: float | torch.Tensor = 0.0,
+    centered: bool = False,
+    *,
+    initial_scale: float = 0.0,
+    nesterov: bool = False,
+    maximize: bool = False,
+    foreach: bool | None = None,
+) -> GradientTransformation:
+    """RMSprop (optionally centred, with momentum), as ``torch.optim.RMSprop``.
+
+    >>> import torch, optiquant as oq
+    >>> p = torch.tensor([0.0])
+    >>> tx = oq.rmsprop(lr=0.01, alpha=0.0)
+    >>> u, _ = tx.update(torch.tensor([5.0]), tx.init(p), p)
+    >>> torch.allclose(u, torch.tensor([-0.01]))
+    True
+    """
+    _check_common(lr, eps, weight_decay)
+    check_beta(alpha, "alpha")
+    check_non_negative(momentum, "momentum")
+    rescale = scale_by_stddev if centered else scale_by_rms
+    return chain(
+        _sign_and_decay(maximize, weight_decay, foreach),
+        rescale(alpha, eps, initial_scale, foreach=foreach),
+        trace(momentum, nesterov=nesterov, foreach=foreach),
+        _neg_lr(lr, foreach),
+    )
+
+
+def lion(
+    lr: ScalarOrSchedule = 1e-4,
+    betas: tuple[float | torch.Tensor, float | torch.Tensor] = (0.9, 0.99),
+    weight_decay: float | torch.Tensor = 0.0,
+    *,
+    mask: Any = None,
+    moment_requires_grad: bool = False,
+    maximize: bool = False,
+    foreach: bool | None = None,
+) -> GradientTransformation:
+    """Lion (Chen et al., 2023): signed momentum updates with decoupled weight decay.
+
+    >>> import torch, optiquant as oq
+    >>> p = torch.tensor([0.0, 0.0])
+    >>> tx = oq.lion(lr=0.1)
+    >>> tx.update(torch.tensor([0.3, -2.0]), tx.init(p), p)[0]
+    tensor([-0.1000,  0.1000])
+    """
+    _check_common(lr, None, weight_decay)
+    b1, b2 = check_betas(betas)
+    return chain(
+        flip_sign(foreach=foreach) if maximize else identity(),
+        scale_by_lion(b1, b2, moment_requires_grad=moment_requires_grad, foreach=foreach),
+        add_decayed_weights(weight_decay, mask, foreach=foreach),
+        _neg_lr(lr, foreach),
+    )

@@ -1,0 +1,133 @@
+"""Pytree helpers on top of :mod:`optree`.
+
+optiquant treats ``None`` as a leaf (a frozen or absent entry) so that a tree of
+gradients with ``None`` where a parameter received no gradient keeps the same
+structure as the tree of parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import optree
+import torch
+
+from optiquant._typing import TensorTree
+
+__all__ = [
+    "tree_flatten",
+    "tree_unflatten",
+    "tree_map",
+    "tree_leaves",
+    "tree_structure",
+    "check_tensor_leaves",
+    "check_same_structure",
+    "tree_zeros_like",
+    "tree_vdot",
+    "tree_add",
+    "tree_sub",
+    "tree_scale",
+    "tree_global_norm",
+]
+
+
+def tree_flatten(tree: TensorTree) -> tuple[list[Any], optree.PyTreeSpec]:
+    """Flatten ``tree`` into its leaves and structure, ``None`` counting as a leaf."""
+    return optree.tree_flatten(tree, none_is_leaf=True)
+
+
+def tree_unflatten(spec: optree.PyTreeSpec, leaves: Sequence[Any]) -> TensorTree:
+    """Rebuild a tree of structure ``spec`` from ``leaves``."""
+    return optree.tree_unflatten(spec, leaves)
+
+
+def tree_leaves(tree: TensorTree) -> list[Any]:
+    """The leaves of ``tree`` (``None`` included)."""
+    return optree.tree_leaves(tree, none_is_leaf=True)
+
+
+def tree_structure(tree: TensorTree) -> optree.PyTreeSpec:
+    """The structure of ``tree`` (``None`` counted as a leaf)."""
+    return optree.tree_structure(tree, none_is_leaf=True)
+
+
+def tree_map(fn: Callable[..., Any], tree: TensorTree, *rest: TensorTree) -> TensorTree:
+    """Map ``fn`` over the leaves of ``tree`` and ``rest``; ``None`` leaves stay ``None``.
+
+    >>> import torch
+    >>> tree_map(lambda x: x * 2, {"a": torch.tensor(1.0), "b": None})
+    {'a': tensor(2.), 'b': None}
+    """
+
+    def call(x: Any, *ys: Any) -> Any:
+        if x is None:
+            return None
+        return fn(x, *ys)
+
+    return optree.tree_map(call, tree, *rest, none_is_leaf=True)
+
+
+def check_tensor_leaves(tree: TensorTree, name: str, *, allow_none: bool = True) -> list[Any]:
+    """Return the leaves of ``tree``; raise ``TypeError`` naming ``name`` if one is not a tensor."""
+    leaves = tree_leaves(tree)
+    for index, leaf in enumerate(leaves):
+        if leaf is None and allow_none:
+            continue
+        if not isinstance(leaf, torch.Tensor):
+            raise TypeError(
+                f"{name}: every leaf must be a torch.Tensor{' or None' if allow_none else ''}, "
+                f"but leaf {index} is {type(leaf).__name__} ({leaf!r:.60})"
+            )
+    return leaves
+
+
+def check_same_structure(a: TensorTree, b: TensorTree, name_a: str, name_b: str) -> None:
+    """Raise ``ValueError`` if trees ``a`` and ``b`` differ in structure."""
+    spec_a, spec_b = tree_structure(a), tree_structure(b)
+    if spec_a != spec_b:
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same tree structure, got {spec_a} and {spec_b}"
+        )
+
+
+def tree_zeros_like(tree: TensorTree, *, requires_grad: bool = False) -> TensorTree:
+    """A tree of zero tensors shaped like ``tree`` (``None`` leaves kept)."""
+    return tree_map(
+        lambda t: torch.zeros_like(t, memory_format=torch.preserve_format).requires_grad_(
+            requires_grad
+        ),
+        tree,
+    )
+
+
+def tree_add(a: TensorTree, b: TensorTree, alpha: float = 1.0) -> TensorTree:
+    """``a + alpha * b`` leaf by leaf."""
+    return tree_map(lambda x, y: x.add(y, alpha=alpha) if y is not None else x, a, b)
+
+
+def tree_sub(a: TensorTree, b: TensorTree) -> TensorTree:
+    """``a - b`` leaf by leaf."""
+    return tree_map(lambda x, y: x - y if y is not None else x, a, b)
+
+
+def tree_scale(tree: TensorTree, factor: float | torch.Tensor) -> TensorTree:
+    """``factor * tree`` leaf by leaf."""
+    return tree_map(lambda x: x * factor, tree)
+
+
+def tree_vdot(a: TensorTree, b: TensorTree) -> torch.Tensor:
+    """The real inner product ``sum(a_i * b_i)`` over all leaves, as a 0-d tensor."""
+    pairs = [(x, y) for x, y in zip(tree_leaves(a), tree_leaves(b)) if x is not None and y is not None]
+    if not pairs:
+        return torch.zeros(())
+    return sum((torch.sum(x * y) for x, y in pairs), start=torch.zeros((), dtype=pairs[0][0].dtype, device=pairs[0][0].device))
+
+
+def tree_global_norm(tree: TensorTree, norm_type: float = 2.0) -> torch.Tensor:
+    """The norm of all leaves taken together, as a 0-d tensor."""
+    leaves = [x for x in tree_leaves(tree) if x is not None]
+    if not leaves:
+        return torch.zeros(())
+    norms = torch.stack([torch.linalg.vector_norm(x, norm_type).to(leaves[0].dtype) for x in leaves])
+    return torch.linalg.vector_norm(norms, norm_type)
