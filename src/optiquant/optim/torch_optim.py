@@ -32,7 +32,7 @@ def _path_key(accessor: Any, skip: int | None) -> str:
     for depth, entry in enumerate(accessor):
         if depth == skip:
             continue
-        name = getattr(entry, "name", None)
+        name = getattr(entry, "field", None)
         parts.append(str(name if isinstance(name, str) else entry.entry))
     return ".".join(parts) or "value"
 
