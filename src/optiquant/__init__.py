@@ -35,8 +35,8 @@ from optiquant.optim import (
     rmsprop,
     schedule,
     sgd,
-    transform,
 )
+from optiquant.optim import transform as transform
 from optiquant.optim.transform import (
     add_decayed_weights,
     clip_by_value,

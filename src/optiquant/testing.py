@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
 
 from optiquant.tree import tree_leaves
 
-__all__ = ["assert_trees_close", "mlp_params", "mlp_loss", "step_tolerance"]
+__all__ = ["assert_trees_close", "mlp_loss", "mlp_params", "step_tolerance"]
 
 
-def mlp_params(seed: int = 0, dtype: torch.dtype = torch.float64, sizes: tuple[int, ...] = (6, 8, 3)) -> dict[str, torch.Tensor]:
+def mlp_params(
+    seed: int = 0, dtype: torch.dtype = torch.float64, sizes: tuple[int, ...] = (6, 8, 3)
+) -> dict[str, torch.Tensor]:
     """Parameters of a small tanh MLP, drawn from a fixed seed.
 
     >>> sorted(mlp_params().keys())
@@ -19,8 +22,10 @@ def mlp_params(seed: int = 0, dtype: torch.dtype = torch.float64, sizes: tuple[i
     """
     gen = torch.Generator().manual_seed(seed)
     params = {}
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        params[f"w{i}"] = (torch.randn(fan_out, fan_in, generator=gen, dtype=torch.float64) / fan_in**0.5).to(dtype)
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
+        params[f"w{i}"] = (
+            torch.randn(fan_out, fan_in, generator=gen, dtype=torch.float64) / fan_in**0.5
+        ).to(dtype)
         params[f"b{i}"] = (0.1 * torch.randn(fan_out, generator=gen, dtype=torch.float64)).to(dtype)
     return params
 
@@ -59,4 +64,7 @@ def assert_trees_close(actual: Any, expected: Any, *, rtol: float, atol: float) 
         if a is None or e is None:
             assert a is None and e is None, f"leaf {i}: {a!r} vs {e!r}"
             continue
-        torch.testing.assert_close(a, e, rtol=rtol, atol=atol, msg=lambda m, i=i: f"leaf {i}: {m}")
+        try:
+            torch.testing.assert_close(a, e, rtol=rtol, atol=atol)
+        except AssertionError as error:
+            raise AssertionError(f"leaf {i}: {error}") from None

@@ -16,19 +16,19 @@ import torch
 from optiquant._typing import TensorTree
 
 __all__ = [
-    "tree_flatten",
-    "tree_unflatten",
-    "tree_map",
-    "tree_leaves",
-    "tree_structure",
-    "check_tensor_leaves",
     "check_same_structure",
-    "tree_zeros_like",
-    "tree_vdot",
+    "check_tensor_leaves",
     "tree_add",
-    "tree_sub",
-    "tree_scale",
+    "tree_flatten",
     "tree_global_norm",
+    "tree_leaves",
+    "tree_map",
+    "tree_scale",
+    "tree_structure",
+    "tree_sub",
+    "tree_unflatten",
+    "tree_vdot",
+    "tree_zeros_like",
 ]
 
 
@@ -118,10 +118,15 @@ def tree_scale(tree: TensorTree, factor: float | torch.Tensor) -> TensorTree:
 
 def tree_vdot(a: TensorTree, b: TensorTree) -> torch.Tensor:
     """The real inner product ``sum(a_i * b_i)`` over all leaves, as a 0-d tensor."""
-    pairs = [(x, y) for x, y in zip(tree_leaves(a), tree_leaves(b)) if x is not None and y is not None]
+    pairs = [
+        (x, y) for x, y in zip(tree_leaves(a), tree_leaves(b)) if x is not None and y is not None
+    ]
     if not pairs:
         return torch.zeros(())
-    return sum((torch.sum(x * y) for x, y in pairs), start=torch.zeros((), dtype=pairs[0][0].dtype, device=pairs[0][0].device))
+    return sum(
+        (torch.sum(x * y) for x, y in pairs),
+        start=torch.zeros((), dtype=pairs[0][0].dtype, device=pairs[0][0].device),
+    )
 
 
 def tree_global_norm(tree: TensorTree, norm_type: float = 2.0) -> torch.Tensor:
@@ -129,5 +134,7 @@ def tree_global_norm(tree: TensorTree, norm_type: float = 2.0) -> torch.Tensor:
     leaves = [x for x in tree_leaves(tree) if x is not None]
     if not leaves:
         return torch.zeros(())
-    norms = torch.stack([torch.linalg.vector_norm(x, norm_type).to(leaves[0].dtype) for x in leaves])
+    norms = torch.stack(
+        [torch.linalg.vector_norm(x, norm_type).to(leaves[0].dtype) for x in leaves]
+    )
     return torch.linalg.vector_norm(norms, norm_type)

@@ -37,7 +37,9 @@ def test_state_dict_round_trip_continues_bit_identically(cls, kwargs) -> None:
     opt = cls(list(params.values()), **kwargs)
     _train(opt, params, 4)
     buffer = io.BytesIO()
-    torch.save({"params": {k: v.detach() for k, v in params.items()}, "opt": opt.state_dict()}, buffer)
+    torch.save(
+        {"params": {k: v.detach() for k, v in params.items()}, "opt": opt.state_dict()}, buffer
+    )
     _train(opt, params, 4, start=4)
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
@@ -56,7 +58,9 @@ def test_functional_state_round_trip_is_bit_identical() -> None:
     def run(params, state, steps, start):
         for step in range(start, start + steps):
             leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-            grads = dict(zip(leaves, torch.autograd.grad(mlp_loss(leaves, step), list(leaves.values()))))
+            grads = dict(
+                zip(leaves, torch.autograd.grad(mlp_loss(leaves, step), list(leaves.values())))
+            )
             updates, state = tx.update(grads, state, params)
             params = oq.apply_updates(params, updates)
         return params, state
@@ -122,13 +126,19 @@ def test_fused_update_equals_generic_update() -> None:
                     u, state = tx.update({k: g.clone() for k, g in grads.items()}, state, params)
                 results.append(u)
             for k in params:
-                torch.testing.assert_close(results[0][k], results[1][k], rtol=1e-6 if dtype == torch.float32 else 1e-12,
-                                           atol=0)
+                torch.testing.assert_close(
+                    results[0][k],
+                    results[1][k],
+                    rtol=1e-6 if dtype == torch.float32 else 1e-12,
+                    atol=0,
+                )
 
 
 def test_clip_grad_norm_matches_torch() -> None:
     grads = {k: torch.randn_like(v) * 3 for k, v in mlp_params().items()}
-    ours, _ = oq.clip_grad_norm(0.5).update({k: g.clone() for k, g in grads.items()}, oq.EmptyState())
+    ours, _ = oq.clip_grad_norm(0.5).update(
+        {k: g.clone() for k, g in grads.items()}, oq.EmptyState()
+    )
     params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads.values()]
     for p, g in zip(params, grads.values()):
         p.grad = g.clone()
@@ -196,7 +206,9 @@ def test_trace_first_step_flag_lives_in_the_state() -> None:
     ],
 )
 def test_invalid_arguments_name_themselves(factory, message) -> None:
-    with pytest.raises((ValueError, TypeError), match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(
+        (ValueError, TypeError), match=message.replace("[", r"\[").replace("]", r"\]")
+    ):
         factory()
 
 

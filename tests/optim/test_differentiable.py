@@ -9,13 +9,17 @@ import optiquant as oq
 from optiquant.testing import mlp_loss, mlp_params
 
 
-def unrolled_loss(lr: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor, steps: int = 5, **kw) -> torch.Tensor:
+def unrolled_loss(
+    lr: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor, steps: int = 5, **kw
+) -> torch.Tensor:
     params = {k: v.requires_grad_(True) for k, v in mlp_params(seed=3).items()}
     tx = oq.adam(lr=lr, betas=(b1, b2), **kw)
     state = tx.init(params)
     for step in range(steps):
         names = list(params)
-        grads = torch.autograd.grad(mlp_loss(params, step), [params[k] for k in names], create_graph=True)
+        grads = torch.autograd.grad(
+            mlp_loss(params, step), [params[k] for k in names], create_graph=True
+        )
         updates, state = tx.update(dict(zip(names, grads)), state, params, inplace=False)
         params = oq.apply_updates(params, updates, inplace=False)
     return mlp_loss(params, 99)
@@ -31,8 +35,11 @@ def central_difference(fn, values: list[torch.Tensor], index: int, h: float = 1e
 
 @pytest.mark.parametrize("foreach", [False, True])
 def test_meta_gradient_of_adam_matches_finite_differences(foreach: bool) -> None:
-    values = [torch.tensor(0.05, dtype=torch.float64), torch.tensor(0.8, dtype=torch.float64),
-              torch.tensor(0.95, dtype=torch.float64)]
+    values = [
+        torch.tensor(0.05, dtype=torch.float64),
+        torch.tensor(0.8, dtype=torch.float64),
+        torch.tensor(0.95, dtype=torch.float64),
+    ]
     leaves = [v.clone().requires_grad_(True) for v in values]
     grads = torch.autograd.grad(unrolled_loss(*leaves, foreach=foreach), leaves)
     for i, g in enumerate(grads):
@@ -79,8 +86,17 @@ def test_inplace_false_mutates_nothing() -> None:
     grads = {k: torch.ones_like(v) for k, v in params.items()}
     before_p = {k: v.clone() for k, v in params.items()}
     before_g = {k: v.clone() for k, v in grads.items()}
-    for tx in [oq.adam(1e-2, weight_decay=0.1), oq.sgd(0.1, momentum=0.9), oq.rmsprop(centered=True, momentum=0.5),
-               oq.adamax(), oq.radam(), oq.nadam(), oq.lion(), oq.adagrad(), oq.adamw()]:
+    for tx in [
+        oq.adam(1e-2, weight_decay=0.1),
+        oq.sgd(0.1, momentum=0.9),
+        oq.rmsprop(centered=True, momentum=0.5),
+        oq.adamax(),
+        oq.radam(),
+        oq.nadam(),
+        oq.lion(),
+        oq.adagrad(),
+        oq.adamw(),
+    ]:
         state = tx.init(params)
         import optree
 
@@ -103,3 +119,41 @@ def test_func_optimizer_unrolls_differentiably() -> None:
     grad = torch.autograd.grad((w**2).sum(), lr)[0].detach()
     expected = 2 * (2.0 * 0.8**3) * 2.0 * 3 * 0.8**2 * (-2)
     assert abs(float(grad) - expected) < 1e-12
+
+
+def test_fast_differentiable_adam_node_matches_finite_differences() -> None:
+    """Plain-number betas take the one-node path; its hand-written backward must be exact."""
+    base = {k: v.clone().requires_grad_(True) for k, v in mlp_params(seed=5).items()}
+
+    def run(lr: torch.Tensor, w0_shift: torch.Tensor) -> torch.Tensor:
+        params = dict(base)
+        params["w0"] = params["w0"] + w0_shift
+        tx = oq.adam(lr=lr, betas=(0.8, 0.95), eps=1e-6, eps_root=1e-9)
+        state = tx.init(params)
+        for step in range(5):
+            names = list(params)
+            grads = torch.autograd.grad(
+                mlp_loss(params, step), [params[k] for k in names], create_graph=True
+            )
+            updates, state = tx.update(dict(zip(names, grads)), state, params, inplace=False)
+            params = oq.apply_updates(params, updates, inplace=False)
+        return mlp_loss(params, 99)
+
+    lr = torch.tensor(0.05, dtype=torch.float64, requires_grad=True)
+    shift = torch.zeros_like(base["w0"], requires_grad=True)
+    g_lr, g_shift = torch.autograd.grad(run(lr, shift), [lr, shift])
+    h = 1e-6
+    zero = torch.zeros_like(base["w0"])
+    fd_lr = float(
+        (
+            run(torch.tensor(0.05 + h, dtype=torch.float64), zero)
+            - run(torch.tensor(0.05 - h, dtype=torch.float64), zero)
+        ).detach()
+    ) / (2 * h)
+    assert abs(float(g_lr) - fd_lr) <= 1e-6 * abs(fd_lr)
+    for index in [(0, 0), (3, 2), (7, 5)]:
+        e = torch.zeros_like(zero)
+        e[index] = h
+        lr0 = torch.tensor(0.05, dtype=torch.float64)
+        fd = float((run(lr0, e) - run(lr0, -e)).detach()) / (2 * h)
+        assert abs(float(g_shift[index]) - fd) <= 1e-6 * max(abs(fd), 1e-4), index

@@ -30,8 +30,13 @@ class Row:
         return f"{self.name}({opts})"
 
 
-def lion_reference(params: list[torch.nn.Parameter], lr: float, betas=(0.9, 0.99), weight_decay=0.0,
-                   maximize: bool = False):
+def lion_reference(
+    params: list[torch.nn.Parameter],
+    lr: float,
+    betas=(0.9, 0.99),
+    weight_decay=0.0,
+    maximize: bool = False,
+):
     """Lion written from the paper's algorithm box, as an oracle."""
     state = [torch.zeros_like(p) for p in params]
 
@@ -54,35 +59,96 @@ def lion_reference(params: list[torch.nn.Parameter], lr: float, betas=(0.9, 0.99
 REGISTRY = [
     Row("sgd", oq.sgd, oq.SGD, torch.optim.SGD, dict(lr=0.1)),
     Row("sgd", oq.sgd, oq.SGD, torch.optim.SGD, dict(lr=0.1, momentum=0.9)),
-    Row("sgd", oq.sgd, oq.SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    Row(
+        "sgd",
+        oq.sgd,
+        oq.SGD,
+        torch.optim.SGD,
+        dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+    ),
     Row("sgd", oq.sgd, oq.SGD, torch.optim.SGD, dict(lr=0.1, momentum=0.8, dampening=0.3)),
     Row("sgd", oq.sgd, oq.SGD, torch.optim.SGD, dict(lr=0.1, momentum=0.5, maximize=True)),
     Row("adam", oq.adam, oq.Adam, torch.optim.Adam, dict(lr=1e-2)),
     Row("adam", oq.adam, oq.Adam, torch.optim.Adam, dict(lr=1e-2, weight_decay=0.1, maximize=True)),
-    Row("adam", oq.adam, oq.Adam, torch.optim.Adam, dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-6, amsgrad=True)),
+    Row(
+        "adam",
+        oq.adam,
+        oq.Adam,
+        torch.optim.Adam,
+        dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-6, amsgrad=True),
+    ),
     Row("adamw", oq.adamw, oq.AdamW, torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.1)),
-    Row("adamw", oq.adamw, oq.AdamW, torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.1, amsgrad=True,
-                                                               maximize=True)),
+    Row(
+        "adamw",
+        oq.adamw,
+        oq.AdamW,
+        torch.optim.AdamW,
+        dict(lr=1e-2, weight_decay=0.1, amsgrad=True, maximize=True),
+    ),
     Row("adamax", oq.adamax, oq.Adamax, torch.optim.Adamax, dict(lr=1e-2)),
-    Row("adamax", oq.adamax, oq.Adamax, torch.optim.Adamax, dict(lr=1e-2, weight_decay=0.1, maximize=True)),
+    Row(
+        "adamax",
+        oq.adamax,
+        oq.Adamax,
+        torch.optim.Adamax,
+        dict(lr=1e-2, weight_decay=0.1, maximize=True),
+    ),
     Row("adagrad", oq.adagrad, oq.Adagrad, torch.optim.Adagrad, dict(lr=0.1)),
-    Row("adagrad", oq.adagrad, oq.Adagrad, torch.optim.Adagrad,
-        dict(lr=0.1, lr_decay=0.01, weight_decay=0.1, initial_accumulator_value=0.1, maximize=True)),
+    Row(
+        "adagrad",
+        oq.adagrad,
+        oq.Adagrad,
+        torch.optim.Adagrad,
+        dict(lr=0.1, lr_decay=0.01, weight_decay=0.1, initial_accumulator_value=0.1, maximize=True),
+    ),
     Row("radam", oq.radam, oq.RAdam, torch.optim.RAdam, dict(lr=1e-2)),
     Row("radam", oq.radam, oq.RAdam, torch.optim.RAdam, dict(lr=1e-2, weight_decay=0.1)),
-    Row("radam", oq.radam, oq.RAdam, torch.optim.RAdam,
-        dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True, maximize=True)),
+    Row(
+        "radam",
+        oq.radam,
+        oq.RAdam,
+        torch.optim.RAdam,
+        dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True, maximize=True),
+    ),
     Row("nadam", oq.nadam, oq.NAdam, torch.optim.NAdam, dict(lr=1e-2)),
-    Row("nadam", oq.nadam, oq.NAdam, torch.optim.NAdam, dict(lr=1e-2, weight_decay=0.1, maximize=True)),
-    Row("nadam", oq.nadam, oq.NAdam, torch.optim.NAdam,
-        dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True, momentum_decay=1e-2)),
+    Row(
+        "nadam",
+        oq.nadam,
+        oq.NAdam,
+        torch.optim.NAdam,
+        dict(lr=1e-2, weight_decay=0.1, maximize=True),
+    ),
+    Row(
+        "nadam",
+        oq.nadam,
+        oq.NAdam,
+        torch.optim.NAdam,
+        dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True, momentum_decay=1e-2),
+    ),
     Row("rmsprop", oq.rmsprop, oq.RMSProp, torch.optim.RMSprop, dict(lr=1e-2)),
     Row("rmsprop", oq.rmsprop, oq.RMSProp, torch.optim.RMSprop, dict(lr=1e-2, centered=True)),
-    Row("rmsprop", oq.rmsprop, oq.RMSProp, torch.optim.RMSprop, dict(lr=1e-2, momentum=0.9, maximize=True)),
-    Row("rmsprop", oq.rmsprop, oq.RMSProp, torch.optim.RMSprop,
-        dict(lr=1e-2, alpha=0.9, weight_decay=0.1, centered=True, momentum=0.5)),
+    Row(
+        "rmsprop",
+        oq.rmsprop,
+        oq.RMSProp,
+        torch.optim.RMSprop,
+        dict(lr=1e-2, momentum=0.9, maximize=True),
+    ),
+    Row(
+        "rmsprop",
+        oq.rmsprop,
+        oq.RMSProp,
+        torch.optim.RMSprop,
+        dict(lr=1e-2, alpha=0.9, weight_decay=0.1, centered=True, momentum=0.5),
+    ),
     Row("lion", oq.lion, oq.Lion, None, dict(lr=1e-3)),
-    Row("lion", oq.lion, oq.Lion, None, dict(lr=1e-3, betas=(0.95, 0.98), weight_decay=0.1, maximize=True)),
+    Row(
+        "lion",
+        oq.lion,
+        oq.Lion,
+        None,
+        dict(lr=1e-3, betas=(0.95, 0.98), weight_decay=0.1, maximize=True),
+    ),
 ]
 IDS = [row.id for row in REGISTRY]
 
@@ -112,13 +178,17 @@ def reference_trajectory(row: Row, dtype: torch.dtype) -> dict[str, torch.Tensor
     return {k: v.detach() for k, v in params.items()}
 
 
-def functional_trajectory(row: Row, dtype: torch.dtype, *, foreach: bool | None, inplace: bool = True):
+def functional_trajectory(
+    row: Row, dtype: torch.dtype, *, foreach: bool | None, inplace: bool = True
+):
     params = mlp_params(dtype=dtype)
     tx = row.alias(**row.kwargs, foreach=foreach)
     state = tx.init(params)
     for step in range(STEPS):
         leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-        grads = dict(zip(leaves, torch.autograd.grad(mlp_loss(leaves, step), list(leaves.values()))))
+        grads = dict(
+            zip(leaves, torch.autograd.grad(mlp_loss(leaves, step), list(leaves.values())))
+        )
         updates, state = tx.update(grads, state, params, inplace=inplace)
         params = oq.apply_updates(params, updates, inplace=inplace)
         if not inplace:
@@ -130,7 +200,9 @@ def functional_trajectory(row: Row, dtype: torch.dtype, *, foreach: bool | None,
 def _detach(tree: Any) -> Any:
     import optree
 
-    return optree.tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, tree, none_is_leaf=True)
+    return optree.tree_map(
+        lambda t: t.detach() if isinstance(t, torch.Tensor) else t, tree, none_is_leaf=True
+    )
 
 
 def class_trajectory(row: Row, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -150,19 +222,28 @@ def _tolerance(row: Row, dtype: torch.dtype) -> tuple[float, float]:
     return 1e-5, step_tolerance(dtype, STEPS, scale=max(lr, 1e-2) * 10)
 
 
-def _compare(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], row: Row, dtype: torch.dtype):
+def _compare(
+    actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], row: Row, dtype: torch.dtype
+):
     rtol, atol = _tolerance(row, dtype)
     start = mlp_params(dtype=dtype)
     moved = max(float((expected[k] - start[k]).abs().max()) for k in start)
     assert moved > 0, "the reference did not move; the comparison would be vacuous"
     for key in expected:
-        torch.testing.assert_close(actual[key], expected[key], rtol=rtol, atol=atol, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(
+            actual[key], expected[key], rtol=rtol, atol=atol, msg=lambda m, key=key: f"{key}: {m}"
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("row", REGISTRY, ids=IDS)
 def test_functional_matches_torch(row: Row, dtype: torch.dtype) -> None:
-    _compare(functional_trajectory(row, dtype, foreach=None), reference_trajectory(row, dtype), row, dtype)
+    _compare(
+        functional_trajectory(row, dtype, foreach=None),
+        reference_trajectory(row, dtype),
+        row,
+        dtype,
+    )
 
 
 @pytest.mark.parametrize("row", REGISTRY, ids=IDS)
@@ -182,5 +263,9 @@ def test_foreach_path_matches_reference_path(row: Row) -> None:
 @pytest.mark.parametrize("row", REGISTRY, ids=IDS)
 def test_differentiable_path_matches_inplace_path(row: Row) -> None:
     dtype = torch.float64
-    _compare(functional_trajectory(row, dtype, foreach=None, inplace=False),
-             functional_trajectory(row, dtype, foreach=None), row, dtype)
+    _compare(
+        functional_trajectory(row, dtype, foreach=None, inplace=False),
+        functional_trajectory(row, dtype, foreach=None),
+        row,
+        dtype,
+    )

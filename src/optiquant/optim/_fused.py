@@ -14,26 +14,22 @@ Two entry points share the functional state layout of ``scale_by_adam``:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 _FUSABLE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def can_fuse(tensors: list[torch.Tensor]) -> bool:
-    """Whether these tensors can go through the CPU fused kernels together."""
-    if not tensors:
+def can_fuse(*lists: list[torch.Tensor]) -> bool:
+    """Whether these equally long tensor lists can go through one CPU fused kernel call."""
+    if not lists or not lists[0]:
         return False
-    first = tensors[0]
-    return all(
-        t.device.type == "cpu"
-        and t.dtype == first.dtype
-        and t.dtype in _FUSABLE_DTYPES
-        and not t.is_sparse
-        and not t.requires_grad
-        for t in tensors
-    )
+    groups = torch._C._group_tensors_by_device_and_dtype(cast(Any, list(lists)), False)
+    if len(groups) != 1:
+        return False
+    ((device, dtype),) = groups.keys()
+    return device.type == "cpu" and dtype in _FUSABLE_DTYPES and not lists[0][0].is_sparse
 
 
 def cancelling_decay(lr: float) -> float | None:
@@ -126,3 +122,14 @@ def as_float(value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     return None
+
+
+def same_group(*lists: list[torch.Tensor]) -> bool:
+    """Whether equally long tensor lists share one device and one floating dtype."""
+    if not lists or not lists[0]:
+        return False
+    groups = torch._C._group_tensors_by_device_and_dtype(cast(Any, list(lists)), False)
+    if len(groups) != 1:
+        return False
+    ((_, dtype),) = groups.keys()
+    return dtype.is_floating_point and not lists[0][0].is_sparse

@@ -9,12 +9,12 @@ from typing import Any
 import torch
 
 __all__ = [
-    "check_non_negative",
-    "check_positive",
     "check_beta",
     "check_betas",
-    "check_scalar_or_schedule",
     "check_bool",
+    "check_non_negative",
+    "check_positive",
+    "check_scalar_or_schedule",
 ]
 
 
@@ -26,7 +26,9 @@ def _as_float(value: Any, name: str) -> float | None:
         return float(value)
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
-            raise ValueError(f"{name} must be a scalar (a 0-d tensor), got shape {tuple(value.shape)}")
+            raise ValueError(
+                f"{name} must be a scalar (a 0-d tensor), got shape {tuple(value.shape)}"
+            )
         if value.requires_grad:
             return None
         return float(value.detach().cpu().item())

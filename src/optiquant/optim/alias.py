@@ -8,12 +8,13 @@ Defaults follow ``torch.optim`` so that a function and its class twin agree.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from optiquant._typing import OptState, Params, ScalarOrSchedule, Updates
-from optiquant.optim import _fused
+from optiquant.optim import _direct, _fused
 from optiquant.optim._validate import (
     check_beta,
     check_betas,
@@ -52,7 +53,9 @@ def _neg_lr(lr: ScalarOrSchedule, foreach: bool | None) -> GradientTransformatio
     return scale(-lr, foreach=foreach)  # type: ignore[operator]
 
 
-def _sign_and_decay(maximize: bool, weight_decay: Any, foreach: bool | None) -> GradientTransformation:
+def _sign_and_decay(
+    maximize: bool, weight_decay: Any, foreach: bool | None
+) -> GradientTransformation:
     """``g -> (-g if maximize else g) + weight_decay * p``, torch.optim's coupled L2."""
     parts = []
     if maximize:
@@ -74,12 +77,66 @@ def _single(parts: list[GradientTransformation]) -> GradientTransformation:
         return EmptyState()
 
     def update(
-        updates: Updates, state: OptState, params: Params | None = None, *, inplace: bool = True, **extra: Any
+        updates: Updates,
+        state: OptState,
+        params: Params | None = None,
+        *,
+        inplace: bool = True,
+        **extra: Any,
     ) -> tuple[Updates, OptState]:
-        updates, _ = inner.update(updates, tuple(EmptyState() for _ in parts), params, inplace=inplace, **extra)
+        updates, _ = inner.update(
+            updates, tuple(EmptyState() for _ in parts), params, inplace=inplace, **extra
+        )
         return updates, state
 
     return GradientTransformation(init, update)
+
+
+DirectStep = Callable[[list[torch.Tensor], list[torch.Tensor], Selection, OptState, float], None]
+
+
+def _with_direct(
+    generic: GradientTransformation,
+    lr: Any,
+    hyperparams: tuple[Any, ...],
+    trees: Callable[[OptState], list[Any]],
+    lr_index: int,
+    maximize: bool,
+    coupled_decay: Any,
+    decoupled_decay: Any,
+    run: DirectStep,
+) -> GradientTransformation:
+    """Give ``generic`` an ``apply_fused`` that steps the parameters directly (class path).
+
+    ``trees(state)`` lists the per-parameter state trees that ``run`` reads; ``run`` gets
+    the parameters, the signed and decayed gradients, the selection of state leaves, the
+    state and the step's learning rate.
+    """
+    numbers = [_fused.as_float(x) for x in (*hyperparams, coupled_decay, decoupled_decay)]
+    if None in numbers or not (is_schedule(lr) or _fused.as_float(lr) is not None):
+        return generic
+    coupled = float(coupled_decay)
+    decoupled = float(decoupled_decay)
+
+    def apply_fused(params: Params, grads: Updates, state: OptState) -> OptState | None:
+        sel = Selection(grads, trees(state), [f"tree{k}" for k in range(len(trees(state)))])
+        gs = sel.updates
+        all_params = tree_leaves(params)
+        ps = [all_params[i] for i in sel.indices]
+        if not gs or not _fused.same_group(
+            ps, gs, *(sel.state(k) for k in range(len(sel.state_leaves)))
+        ):
+            return None
+        step_lr = float(lr(int(state[lr_index].count))) if is_schedule(lr) else float(lr)
+        with torch.no_grad():
+            if decoupled != 0.0:
+                torch._foreach_mul_(ps, 1.0 - step_lr * decoupled)
+            run(ps, _direct.signed_decayed(gs, ps, maximize, coupled), sel, state, step_lr)
+        if is_schedule(lr):
+            state[lr_index].count.add_(1)
+        return state
+
+    return GradientTransformation(generic.init, generic.update, apply_fused)
 
 
 def _check_common(lr: Any, eps: Any | None, weight_decay: Any) -> None:
@@ -111,11 +168,68 @@ def sgd(
     _check_common(lr, None, weight_decay)
     check_non_negative(momentum, "momentum")
     check_bool(maximize, "maximize")
-    return chain(
+    generic = chain(
         _sign_and_decay(maximize, weight_decay, foreach),
-        trace(momentum, dampening, nesterov, moment_requires_grad=moment_requires_grad, foreach=foreach),
+        trace(
+            momentum,
+            dampening,
+            nesterov,
+            moment_requires_grad=moment_requires_grad,
+            foreach=foreach,
+        ),
         _neg_lr(lr, foreach),
     )
+    numbers = [_fused.as_float(x) for x in (momentum, dampening, weight_decay)]
+    if (
+        foreach is False
+        or None in numbers
+        or not (is_schedule(lr) or _fused.as_float(lr) is not None)
+    ):
+        return generic
+    f_momentum, f_dampening, f_wd = (float(x) for x in numbers)  # type: ignore[arg-type]
+
+    def apply_fused(params: Params, grads: Updates, state: OptState) -> OptState | None:
+        has_buffer = f_momentum != 0.0
+        trees = [state[1].trace] if has_buffer else []
+        track_first = has_buffer and f_dampening != 0.0
+        if track_first:
+            trees.append(state[1].count)
+        sel = Selection(grads, trees, ["trace", "count"][: len(trees)])
+        gs = sel.updates
+        all_params = tree_leaves(params)
+        ps = [all_params[i] for i in sel.indices]
+        bufs = sel.state(0) if has_buffer else []
+        if not gs or not _fused.can_fuse(ps, gs, *([bufs] if bufs else [])):
+            return None
+        first = False
+        if track_first:
+            counts = sel.state(1)
+            values = {float(c) for c in counts}
+            if len(values) != 1:
+                return None
+            first = values == {0.0}
+            torch._foreach_add_(counts, 1.0)
+        step_lr = float(lr(int(state[2].count))) if is_schedule(lr) else float(lr)  # type: ignore[operator,arg-type]
+        with torch.no_grad():
+            torch._fused_sgd_(
+                ps,
+                gs,
+                bufs,
+                weight_decay=f_wd,
+                momentum=f_momentum,
+                lr=step_lr,
+                dampening=f_dampening,
+                nesterov=nesterov,
+                maximize=maximize,
+                is_first_step=first,
+                grad_scale=None,
+                found_inf=None,
+            )
+        if is_schedule(lr):
+            state[2].count.add_(1)
+        return state
+
+    return GradientTransformation(generic.init, generic.update, apply_fused)
 
 
 def _adam_like(
@@ -139,8 +253,14 @@ def _adam_like(
     check_bool(amsgrad, "amsgrad")
     pre = _sign_and_decay(maximize, 0.0 if decoupled else weight_decay, foreach)
     core = scale_by_adam(
-        b1, b2, eps, eps_root, moment_requires_grad=moment_requires_grad, nesterov=nesterov,
-        amsgrad=amsgrad, foreach=foreach,
+        b1,
+        b2,
+        eps,
+        eps_root,
+        moment_requires_grad=moment_requires_grad,
+        nesterov=nesterov,
+        amsgrad=amsgrad,
+        foreach=foreach,
     )
     post = add_decayed_weights(weight_decay, mask, foreach=foreach) if decoupled else identity()
     generic = chain(pre, core, post, _neg_lr(lr, foreach))
@@ -179,14 +299,23 @@ def _adam_like(
         return sel, lists
 
     def update(
-        updates: Updates, state: OptState, params: Params | None = None, *, inplace: bool = True, **extra: Any
+        updates: Updates,
+        state: OptState,
+        params: Params | None = None,
+        *,
+        inplace: bool = True,
+        **extra: Any,
     ) -> tuple[Updates, OptState]:
         if not inplace:
             return generic.update(updates, state, params, inplace=inplace, **extra)
         sel, (mus, nus, counts, maxs) = adam_lists(updates, state)
         gs = sel.updates
         step_lr = lr_now(state)
-        if not _fused.can_fuse(gs + mus + nus + maxs) or _fused.cancelling_decay(step_lr) is None:
+        if (
+            any(g.requires_grad for g in gs)
+            or not _fused.can_fuse(gs, mus, nus)
+            or _fused.cancelling_decay(step_lr) is None
+        ):
             return generic.update(updates, state, params, inplace=inplace, **extra)
         needs_params = fwd != 0.0
         if needs_params and params is None:
@@ -199,7 +328,16 @@ def _adam_like(
                 kernel_maximize = False
             torch._foreach_add_(gs, ps, alpha=fwd)
         _fused.fused_adam_updates(
-            gs, mus, nus, maxs, counts, lr=step_lr, b1=fb1, b2=fb2, eps=feps, amsgrad=amsgrad,
+            gs,
+            mus,
+            nus,
+            maxs,
+            counts,
+            lr=step_lr,
+            b1=fb1,
+            b2=fb2,
+            eps=feps,
+            amsgrad=amsgrad,
             maximize=kernel_maximize,
         )
         if decoupled and fwd != 0.0:
@@ -213,12 +351,24 @@ def _adam_like(
         all_params = tree_leaves(params)
         ps = [all_params[i] for i in sel.indices]
         step_lr = lr_now(state)
-        if not gs or not _fused.can_fuse([p.detach() for p in ps] + gs + mus + nus + maxs):
+        if not gs or not _fused.can_fuse(ps, gs, mus, nus):
             return None
         with torch.no_grad():
             _fused.fused_adam_step(
-                [p.detach() for p in ps], gs, mus, nus, maxs, counts, lr=step_lr, b1=fb1, b2=fb2,
-                eps=feps, weight_decay=fwd, decoupled=decoupled, amsgrad=amsgrad, maximize=maximize,
+                ps,
+                gs,
+                mus,
+                nus,
+                maxs,
+                counts,
+                lr=step_lr,
+                b1=fb1,
+                b2=fb2,
+                eps=feps,
+                weight_decay=fwd,
+                decoupled=decoupled,
+                amsgrad=amsgrad,
+                maximize=maximize,
             )
         tick(state)
         return state
@@ -253,9 +403,18 @@ def adam(
     True
     """
     return _adam_like(
-        lr, betas, eps, weight_decay, decoupled=False, eps_root=eps_root, mask=None,
-        moment_requires_grad=moment_requires_grad, maximize=maximize, amsgrad=amsgrad,
-        nesterov=nesterov, foreach=foreach,
+        lr,
+        betas,
+        eps,
+        weight_decay,
+        decoupled=False,
+        eps_root=eps_root,
+        mask=None,
+        moment_requires_grad=moment_requires_grad,
+        maximize=maximize,
+        amsgrad=amsgrad,
+        nesterov=nesterov,
+        foreach=foreach,
     )
 
 
@@ -273,7 +432,7 @@ def adamw(
     nesterov: bool = False,
     foreach: bool | None = None,
 ) -> GradientTransformation:
-    """AdamW: Adam with decoupled weight decay (only where ``mask`` is true), as ``torch.optim.AdamW``.
+    """AdamW: Adam with decoupled weight decay (where ``mask`` is true), as ``torch.optim.AdamW``.
 
     >>> import torch, optiquant as oq
     >>> p = torch.tensor([1.0])
@@ -283,9 +442,18 @@ def adamw(
     True
     """
     return _adam_like(
-        lr, betas, eps, weight_decay, decoupled=True, eps_root=eps_root, mask=mask,
-        moment_requires_grad=moment_requires_grad, maximize=maximize, amsgrad=amsgrad,
-        nesterov=nesterov, foreach=foreach,
+        lr,
+        betas,
+        eps,
+        weight_decay,
+        decoupled=True,
+        eps_root=eps_root,
+        mask=mask,
+        moment_requires_grad=moment_requires_grad,
+        maximize=maximize,
+        amsgrad=amsgrad,
+        nesterov=nesterov,
+        foreach=foreach,
     )
 
 
@@ -310,10 +478,43 @@ def adamax(
     """
     _check_common(lr, eps, weight_decay)
     b1, b2 = check_betas(betas)
-    return chain(
+    generic = chain(
         _sign_and_decay(maximize, weight_decay, foreach),
         scale_by_adamax(b1, b2, eps, moment_requires_grad=moment_requires_grad, foreach=foreach),
         _neg_lr(lr, foreach),
+    )
+    if foreach is False:
+        return generic
+
+    def run(
+        ps: list[torch.Tensor],
+        gs: list[torch.Tensor],
+        sel: Selection,
+        state: OptState,
+        step_lr: float,
+    ) -> None:
+        _direct.adamax_step(
+            ps,
+            gs,
+            sel.state(0),
+            sel.state(1),
+            sel.state(2),
+            lr=step_lr,
+            b1=float(b1),
+            b2=float(b2),
+            eps=float(eps),
+        )
+
+    return _with_direct(
+        generic,
+        lr,
+        (b1, b2, eps),
+        lambda st: [st[1].mu, st[1].nu, st[1].count],
+        2,
+        maximize,
+        weight_decay,
+        0.0,
+        run,
     )
 
 
@@ -340,12 +541,47 @@ def radam(
     _check_common(lr, eps, weight_decay)
     b1, b2 = check_betas(betas)
     pre = _sign_and_decay(maximize, 0.0 if decoupled_weight_decay else weight_decay, foreach)
-    post = add_decayed_weights(weight_decay, foreach=foreach) if decoupled_weight_decay else identity()
-    return chain(
+    post = (
+        add_decayed_weights(weight_decay, foreach=foreach) if decoupled_weight_decay else identity()
+    )
+    generic = chain(
         pre,
         scale_by_radam(b1, b2, eps, moment_requires_grad=moment_requires_grad, foreach=foreach),
         post,
         _neg_lr(lr, foreach),
+    )
+    if foreach is False:
+        return generic
+
+    def run(
+        ps: list[torch.Tensor],
+        gs: list[torch.Tensor],
+        sel: Selection,
+        state: OptState,
+        step_lr: float,
+    ) -> None:
+        _direct.radam_step(
+            ps,
+            gs,
+            sel.state(0),
+            sel.state(1),
+            sel.state(2),
+            lr=step_lr,
+            b1=float(b1),
+            b2=float(b2),
+            eps=float(eps),
+        )
+
+    return _with_direct(
+        generic,
+        lr,
+        (b1, b2, eps),
+        lambda st: [st[1].mu, st[1].nu, st[1].count],
+        3,
+        maximize,
+        0.0 if decoupled_weight_decay else weight_decay,
+        weight_decay if decoupled_weight_decay else 0.0,
+        run,
     )
 
 
@@ -373,12 +609,51 @@ def nadam(
     _check_common(lr, eps, weight_decay)
     b1, b2 = check_betas(betas)
     pre = _sign_and_decay(maximize, 0.0 if decoupled_weight_decay else weight_decay, foreach)
-    post = add_decayed_weights(weight_decay, foreach=foreach) if decoupled_weight_decay else identity()
-    return chain(
+    post = (
+        add_decayed_weights(weight_decay, foreach=foreach) if decoupled_weight_decay else identity()
+    )
+    generic = chain(
         pre,
-        scale_by_nadam(b1, b2, eps, momentum_decay, moment_requires_grad=moment_requires_grad, foreach=foreach),
+        scale_by_nadam(
+            b1, b2, eps, momentum_decay, moment_requires_grad=moment_requires_grad, foreach=foreach
+        ),
         post,
         _neg_lr(lr, foreach),
+    )
+    if foreach is False:
+        return generic
+
+    def run(
+        ps: list[torch.Tensor],
+        gs: list[torch.Tensor],
+        sel: Selection,
+        state: OptState,
+        step_lr: float,
+    ) -> None:
+        _direct.nadam_step(
+            ps,
+            gs,
+            sel.state(0),
+            sel.state(1),
+            sel.state(2),
+            sel.state(3),
+            lr=step_lr,
+            b1=float(b1),
+            b2=float(b2),
+            eps=float(eps),
+            momentum_decay=float(momentum_decay),
+        )
+
+    return _with_direct(
+        generic,
+        lr,
+        (b1, b2, eps),
+        lambda st: [st[1].mu, st[1].nu, st[1].count, st[1].mu_product],
+        3,
+        maximize,
+        0.0 if decoupled_weight_decay else weight_decay,
+        weight_decay if decoupled_weight_decay else 0.0,
+        run,
     )
 
 
@@ -409,11 +684,45 @@ def adagrad(
         final = scale_by_schedule(lambda c: -lr(c) / (1.0 + c * lr_decay), foreach=foreach)  # type: ignore[operator]
     else:
         final = scale_by_schedule(lambda c: -lr / (1.0 + c * lr_decay), foreach=foreach)  # type: ignore[operator]
-    return chain(
+    generic = chain(
         _sign_and_decay(maximize, weight_decay, foreach),
         scale_by_rss(initial_accumulator_value, eps, foreach=foreach),
         final,
     )
+    numbers = [_fused.as_float(x) for x in (lr, eps, weight_decay)]
+    if foreach is False or None in numbers:
+        return generic
+    f_lr, f_eps, f_wd = (float(x) for x in numbers)  # type: ignore[arg-type]
+
+    def apply_fused(params: Params, grads: Updates, state: OptState) -> OptState | None:
+        sel = Selection(grads, [state[1].sum_of_squares], ["sum_of_squares"])
+        gs = sel.updates
+        all_params = tree_leaves(params)
+        ps = [all_params[i] for i in sel.indices]
+        sums = sel.state(0)
+        if not gs or not _fused.can_fuse(ps, gs, sums):
+            return None
+        count = int(state[2].count) if lr_decay != 0 else 0
+        step = torch.tensor(float(count + 1))
+        with torch.no_grad():
+            torch._fused_adagrad_(
+                ps,
+                gs,
+                sums,
+                [step] * len(ps),
+                lr=f_lr,
+                lr_decay=float(lr_decay),
+                weight_decay=f_wd,
+                eps=f_eps,
+                maximize=maximize,
+                grad_scale=None,
+                found_inf=None,
+            )
+        if lr_decay != 0:
+            state[2].count.add_(1)
+        return state
+
+    return GradientTransformation(generic.init, generic.update, apply_fused)
 
 
 def rmsprop(
@@ -442,11 +751,50 @@ def rmsprop(
     check_beta(alpha, "alpha")
     check_non_negative(momentum, "momentum")
     rescale = scale_by_stddev if centered else scale_by_rms
-    return chain(
+    generic = chain(
         _sign_and_decay(maximize, weight_decay, foreach),
         rescale(alpha, eps, initial_scale, foreach=foreach),
         trace(momentum, nesterov=nesterov, foreach=foreach),
         _neg_lr(lr, foreach),
+    )
+    if foreach is False or nesterov:
+        return generic
+    has_momentum = not (isinstance(momentum, (int, float)) and momentum == 0)
+
+    def trees(st: OptState) -> list[Any]:
+        out = [st[1].nu]
+        if centered:
+            out.append(st[1].mu)
+        if has_momentum:
+            out.append(st[2].trace)
+        return out
+
+    def run(
+        ps: list[torch.Tensor],
+        gs: list[torch.Tensor],
+        sel: Selection,
+        state: OptState,
+        step_lr: float,
+    ) -> None:
+        k = 1
+        mus = None
+        if centered:
+            mus, k = sel.state(1), 2
+        bufs = sel.state(k) if has_momentum else None
+        _direct.rmsprop_step(
+            ps,
+            gs,
+            sel.state(0),
+            mus,
+            bufs,
+            lr=step_lr,
+            alpha=float(alpha),
+            eps=float(eps),
+            momentum=float(momentum),
+        )
+
+    return _with_direct(
+        generic, lr, (alpha, eps, momentum), trees, 3, maximize, weight_decay, 0.0, run
     )
 
 

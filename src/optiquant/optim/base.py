@@ -27,8 +27,8 @@ __all__ = [
     "GradientTransformation",
     "InitFn",
     "UpdateFn",
-    "identity",
     "chain",
+    "identity",
 ]
 
 

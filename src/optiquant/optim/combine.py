@@ -73,7 +73,9 @@ class ApplyIfFiniteState(NamedTuple):
     inner_state: Any
 
 
-def apply_if_finite(inner: GradientTransformation, max_consecutive_errors: int) -> GradientTransformation:
+def apply_if_finite(
+    inner: GradientTransformation, max_consecutive_errors: int
+) -> GradientTransformation:
     """Run ``inner`` only when every incoming update is finite; otherwise emit zero updates.
 
     The inner state is left untouched on a skipped step. After more than
@@ -89,11 +91,15 @@ def apply_if_finite(inner: GradientTransformation, max_consecutive_errors: int) 
     (tensor([0.]), 1)
     """
     if not isinstance(max_consecutive_errors, int) or max_consecutive_errors < 0:
-        raise ValueError(f"max_consecutive_errors must be an int >= 0, got {max_consecutive_errors!r}")
+        raise ValueError(
+            f"max_consecutive_errors must be an int >= 0, got {max_consecutive_errors!r}"
+        )
 
     def init(params: Params) -> OptState:
         zero = torch.zeros((), dtype=torch.int64)
-        return ApplyIfFiniteState(zero.clone(), torch.ones((), dtype=torch.bool), zero.clone(), inner.init(params))
+        return ApplyIfFiniteState(
+            zero.clone(), torch.ones((), dtype=torch.bool), zero.clone(), inner.init(params)
+        )
 
     def update(
         updates: Updates,
@@ -108,9 +114,13 @@ def apply_if_finite(inner: GradientTransformation, max_consecutive_errors: int) 
         finite = all(bool(torch.isfinite(u).all()) for u in present)
         streak = 0 if finite else int(state.notfinite_count) + 1
         if finite or streak > max_consecutive_errors:
-            new_updates, inner_state = inner.update(updates, state.inner_state, params, inplace=inplace, **extra_args)
+            new_updates, inner_state = inner.update(
+                updates, state.inner_state, params, inplace=inplace, **extra_args
+            )
         else:
-            new_updates = tree_unflatten(spec, [None if u is None else torch.zeros_like(u) for u in leaves])
+            new_updates = tree_unflatten(
+                spec, [None if u is None else torch.zeros_like(u) for u in leaves]
+            )
             inner_state = state.inner_state
         return new_updates, ApplyIfFiniteState(
             notfinite_count=torch.tensor(streak, dtype=torch.int64),

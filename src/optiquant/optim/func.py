@@ -31,7 +31,8 @@ class FuncOptimizer:
     def __init__(self, transformation: GradientTransformation, *, inplace: bool = False) -> None:
         if not isinstance(transformation, GradientTransformation):
             raise TypeError(
-                f"transformation must be a GradientTransformation, got {type(transformation).__name__}"
+                "transformation must be a GradientTransformation, got "
+                f"{type(transformation).__name__}"
             )
         self.transformation = transformation
         self.inplace = inplace
@@ -41,7 +42,9 @@ class FuncOptimizer:
         """Differentiate ``loss`` w.r.t. ``params`` and return the updated parameters."""
         inplace = self.inplace if inplace is None else inplace
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-            raise ValueError(f"loss must be a scalar tensor, got {getattr(loss, 'shape', type(loss))}")
+            raise ValueError(
+                f"loss must be a scalar tensor, got {getattr(loss, 'shape', type(loss))}"
+            )
         check_tensor_leaves(params, "params")
         leaves, spec = tree_flatten(params)
         wanted = [i for i, p in enumerate(leaves) if p is not None and p.requires_grad]

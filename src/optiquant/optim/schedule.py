@@ -49,7 +49,11 @@ def constant_schedule(value: Value) -> Schedule:
 
 
 def polynomial_schedule(
-    init_value: Value, end_value: Value, power: float, transition_steps: int, transition_begin: int = 0
+    init_value: Value,
+    end_value: Value,
+    power: float,
+    transition_steps: int,
+    transition_begin: int = 0,
 ) -> Schedule:
     """From ``init_value`` to ``end_value`` as ``(1 - frac) ** power`` over ``transition_steps``.
 
@@ -68,7 +72,9 @@ def polynomial_schedule(
     return schedule
 
 
-def linear_schedule(init_value: Value, end_value: Value, transition_steps: int, transition_begin: int = 0) -> Schedule:
+def linear_schedule(
+    init_value: Value, end_value: Value, transition_steps: int, transition_begin: int = 0
+) -> Schedule:
     """Linear interpolation from ``init_value`` to ``end_value``.
 
     >>> s = linear_schedule(0.0, 1.0, transition_steps=4)
@@ -112,7 +118,9 @@ def exponential_decay(
     return schedule
 
 
-def cosine_decay_schedule(init_value: Value, decay_steps: int, alpha: float = 0.0, exponent: float = 1.0) -> Schedule:
+def cosine_decay_schedule(
+    init_value: Value, decay_steps: int, alpha: float = 0.0, exponent: float = 1.0
+) -> Schedule:
     """Cosine decay from ``init_value`` to ``alpha * init_value`` over ``decay_steps``.
 
     >>> s = cosine_decay_schedule(1.0, decay_steps=2)
@@ -187,10 +195,14 @@ def warmup_cosine_decay_schedule(
 
     if warmup_steps == 0:
         return cosine
-    return join_schedules([linear_schedule(init_value, peak_value, warmup_steps), cosine], [warmup_steps])
+    return join_schedules(
+        [linear_schedule(init_value, peak_value, warmup_steps), cosine], [warmup_steps]
+    )
 
 
-def piecewise_constant_schedule(init_value: Value, boundaries_and_scales: dict[int, float] | None = None) -> Schedule:
+def piecewise_constant_schedule(
+    init_value: Value, boundaries_and_scales: dict[int, float] | None = None
+) -> Schedule:
     """``init_value`` multiplied by each ``scale`` once the count reaches its boundary.
 
     >>> s = piecewise_constant_schedule(1.0, {2: 0.5, 4: 0.1})

@@ -22,7 +22,19 @@ from optiquant.optim.base import GradientTransformation
 from optiquant.optim.update import apply_updates
 from optiquant.tree import tree_unflatten
 
-__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "Adamax", "Lion", "NAdam", "Optimizer", "RAdam", "RMSProp", "RMSprop"]
+__all__ = [
+    "SGD",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "Lion",
+    "NAdam",
+    "Optimizer",
+    "RAdam",
+    "RMSProp",
+    "RMSprop",
+]
 
 _GROUP_PREFIX = "group/"
 
@@ -72,7 +84,8 @@ class Optimizer(torch.optim.Optimizer):
     ) -> None:
         if transformation is not None and not isinstance(transformation, GradientTransformation):
             raise TypeError(
-                f"transformation must be a GradientTransformation, got {type(transformation).__name__}"
+                "transformation must be a GradientTransformation, got "
+                f"{type(transformation).__name__}"
             )
         if transformation is None and type(self)._build is Optimizer._build:
             raise TypeError("Optimizer needs a transformation: Optimizer(params, transformation)")
@@ -102,7 +115,9 @@ class Optimizer(torch.optim.Optimizer):
         return cached[1]
 
     # -- state kept per parameter in self.state ------------------------------------------------
-    def _group_state(self, index: int, params: list[torch.Tensor], tx: GradientTransformation) -> Any:
+    def _group_state(
+        self, index: int, params: list[torch.Tensor], tx: GradientTransformation
+    ) -> Any:
         live = self._live.get(index)
         if live is not None:
             return live[0]
@@ -114,7 +129,9 @@ class Optimizer(torch.optim.Optimizer):
                 store = self.state[params[owner if owner is not None else 0]]
                 name = key if owner is not None else _GROUP_PREFIX + key
                 if name not in store:
-                    raise ValueError(f"optimizer state for param group {index} lacks entry {name!r}")
+                    raise ValueError(
+                        f"optimizer state for param group {index} lacks entry {name!r}"
+                    )
                 value = store[name]
                 if isinstance(fresh, torch.Tensor):
                     if not isinstance(value, torch.Tensor) or value.shape != fresh.shape:
@@ -131,7 +148,9 @@ class Optimizer(torch.optim.Optimizer):
         self._store(index, params, state, spec, layout)
         return state
 
-    def _store(self, index: int, params: list[torch.Tensor], state: Any, spec: Any, layout: Any) -> None:
+    def _store(
+        self, index: int, params: list[torch.Tensor], state: Any, spec: Any, layout: Any
+    ) -> None:
         leaves = optree.tree_leaves(state, none_is_leaf=True)
         for (owner, key), leaf in zip(layout, leaves):
             if owner is None:
@@ -153,7 +172,7 @@ class Optimizer(torch.optim.Optimizer):
             grads = [p.grad for p in params]
             if all(g is None for g in grads):
                 continue
-            for p, g in zip(params, grads):
+            for g in grads:
                 if g is not None and g.is_sparse:
                     raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
             tx = self._transformation(index, group)
@@ -180,7 +199,8 @@ class Optimizer(torch.optim.Optimizer):
         groups = saved["param_groups"]
         if len(groups) != len(self.param_groups):
             raise ValueError(
-                f"state_dict has {len(groups)} param groups, this optimizer has {len(self.param_groups)}"
+                f"state_dict has {len(groups)} param groups, this optimizer has "
+                f"{len(self.param_groups)}"
             )
         for i, (mine, theirs) in enumerate(zip(self.param_groups, groups)):
             if len(mine["params"]) != len(theirs["params"]):
@@ -232,13 +252,32 @@ class SGD(Optimizer):
         foreach: bool | None = None,
     ) -> None:
         alias.sgd(lr, momentum, dampening, weight_decay, nesterov, maximize=maximize)  # validates
-        super().__init__(params, defaults=dict(lr=lr, momentum=momentum, dampening=dampening,
-                                                weight_decay=weight_decay, nesterov=nesterov,
-                                                maximize=maximize, foreach=foreach))
+        super().__init__(
+            params,
+            defaults=dict(
+                lr=lr,
+                momentum=momentum,
+                dampening=dampening,
+                weight_decay=weight_decay,
+                nesterov=nesterov,
+                maximize=maximize,
+                foreach=foreach,
+            ),
+        )
 
     def _build(self, group: dict[str, Any]) -> GradientTransformation:
-        return alias.sgd(**_hyper(group, "lr", "momentum", "dampening", "weight_decay", "nesterov",
-                                  "maximize", "foreach"))
+        return alias.sgd(
+            **_hyper(
+                group,
+                "lr",
+                "momentum",
+                "dampening",
+                "weight_decay",
+                "nesterov",
+                "maximize",
+                "foreach",
+            )
+        )
 
 
 class Adam(Optimizer):
@@ -258,15 +297,38 @@ class Adam(Optimizer):
         foreach: bool | None = None,
     ) -> None:
         self._decoupled = False
-        alias.adam(lr, betas, eps, weight_decay, eps_root=eps_root, maximize=maximize, amsgrad=amsgrad)
-        super().__init__(params, defaults=dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                                amsgrad=amsgrad, eps_root=eps_root, maximize=maximize,
-                                                foreach=foreach))
+        alias.adam(
+            lr, betas, eps, weight_decay, eps_root=eps_root, maximize=maximize, amsgrad=amsgrad
+        )
+        super().__init__(
+            params,
+            defaults=dict(
+                lr=lr,
+                betas=betas,
+                eps=eps,
+                weight_decay=weight_decay,
+                amsgrad=amsgrad,
+                eps_root=eps_root,
+                maximize=maximize,
+                foreach=foreach,
+            ),
+        )
 
     def _build(self, group: dict[str, Any]) -> GradientTransformation:
         fn = alias.adamw if self._decoupled else alias.adam
-        return fn(**_hyper(group, "lr", "betas", "eps", "weight_decay", "eps_root", "maximize",
-                           "amsgrad", "foreach"))
+        return fn(
+            **_hyper(
+                group,
+                "lr",
+                "betas",
+                "eps",
+                "weight_decay",
+                "eps_root",
+                "maximize",
+                "amsgrad",
+                "foreach",
+            )
+        )
 
 
 class AdamW(Adam):
@@ -285,8 +347,17 @@ class AdamW(Adam):
         maximize: bool = False,
         foreach: bool | None = None,
     ) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, eps_root=eps_root,
-                         maximize=maximize, foreach=foreach)
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            eps_root=eps_root,
+            maximize=maximize,
+            foreach=foreach,
+        )
         self._decoupled = True
 
 
@@ -305,11 +376,22 @@ class Adamax(Optimizer):
         foreach: bool | None = None,
     ) -> None:
         alias.adamax(lr, betas, eps, weight_decay, maximize=maximize)
-        super().__init__(params, defaults=dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                                maximize=maximize, foreach=foreach))
+        super().__init__(
+            params,
+            defaults=dict(
+                lr=lr,
+                betas=betas,
+                eps=eps,
+                weight_decay=weight_decay,
+                maximize=maximize,
+                foreach=foreach,
+            ),
+        )
 
     def _build(self, group: dict[str, Any]) -> GradientTransformation:
-        return alias.adamax(**_hyper(group, "lr", "betas", "eps", "weight_decay", "maximize", "foreach"))
+        return alias.adamax(
+            **_hyper(group, "lr", "betas", "eps", "weight_decay", "maximize", "foreach")
+        )
 
 
 class RAdam(Optimizer):
@@ -328,13 +410,32 @@ class RAdam(Optimizer):
         foreach: bool | None = None,
     ) -> None:
         alias.radam(lr, betas, eps, weight_decay, decoupled_weight_decay=decoupled_weight_decay)
-        super().__init__(params, defaults=dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                                decoupled_weight_decay=decoupled_weight_decay,
-                                                maximize=maximize, foreach=foreach))
+        super().__init__(
+            params,
+            defaults=dict(
+                lr=lr,
+                betas=betas,
+                eps=eps,
+                weight_decay=weight_decay,
+                decoupled_weight_decay=decoupled_weight_decay,
+                maximize=maximize,
+                foreach=foreach,
+            ),
+        )
 
     def _build(self, group: dict[str, Any]) -> GradientTransformation:
-        return alias.radam(**_hyper(group, "lr", "betas", "eps", "weight_decay", "decoupled_weight_decay",
-                                    "maximize", "foreach"))
+        return alias.radam(
+            **_hyper(
+                group,
+                "lr",
+                "betas",
+                "eps",
+                "weight_decay",
+                "decoupled_weight_decay",
+                "maximize",
+                "foreach",
+            )
+        )
 
 
 class NAdam(Optimizer):
@@ -354,14 +455,34 @@ class NAdam(Optimizer):
         foreach: bool | None = None,
     ) -> None:
         alias.nadam(lr, betas, eps, weight_decay, momentum_decay)
-        super().__init__(params, defaults=dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                                momentum_decay=momentum_decay,
-                                                decoupled_weight_decay=decoupled_weight_decay,
-                                                maximize=maximize, foreach=foreach))
+        super().__init__(
+            params,
+            defaults=dict(
+                lr=lr,
+                betas=betas,
+                eps=eps,
+                weight_decay=weight_decay,
+                momentum_decay=momentum_decay,
+                decoupled_weight_decay=decoupled_weight_decay,
+                maximize=maximize,
+                foreach=foreach,
+            ),
+        )
 
     def _build(self, group: dict[str, Any]) -> GradientTransformation:
-        return alias.nadam(**_hyper(group, "lr", "betas", "eps", "weight_decay", "momentum_decay",
-                                    "decoupled_weight_decay", "maximize", "foreach"))
+        return alias.nadam(
+            **_hyper(
+                group,
+                "lr",
+                "betas",
+                "eps",
+                "weight_decay",
+                "momentum_decay",
+                "decoupled_weight_decay",
+                "maximize",
+                "foreach",
+            )
+        )
 
 
 class Adagrad(Optimizer):
@@ -380,13 +501,32 @@ class Adagrad(Optimizer):
         foreach: bool | None = None,
     ) -> None:
         alias.adagrad(lr, lr_decay, weight_decay, initial_accumulator_value, eps)
-        super().__init__(params, defaults=dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                                                initial_accumulator_value=initial_accumulator_value,
-                                                eps=eps, maximize=maximize, foreach=foreach))
+        super().__init__(
+            params,
+            defaults=dict(
+                lr=lr,
+                lr_decay=lr_decay,
+                weight_decay=weight_decay,
+                initial_accumulator_value=initial_accumulator_value,
+                eps=eps,
+                maximize=maximize,
+                foreach=foreach,
+            ),
+        )
 
     def _build(self, group: dict[str, Any]) -> GradientTransformation:
-        return alias.adagrad(**_hyper(group, "lr", "lr_decay", "weight_decay", "initial_accumulator_value",
-                                      "eps", "maximize", "foreach"))
+        return alias.adagrad(
+            **_hyper(
+                group,
+                "lr",
+                "lr_decay",
+                "weight_decay",
+                "initial_accumulator_value",
+                "eps",
+                "maximize",
+                "foreach",
+            )
+        )
 
 
 class RMSProp(Optimizer):
@@ -406,13 +546,34 @@ class RMSProp(Optimizer):
         foreach: bool | None = None,
     ) -> None:
         alias.rmsprop(lr, alpha, eps, weight_decay, momentum, centered)
-        super().__init__(params, defaults=dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                                                momentum=momentum, centered=centered, maximize=maximize,
-                                                foreach=foreach))
+        super().__init__(
+            params,
+            defaults=dict(
+                lr=lr,
+                alpha=alpha,
+                eps=eps,
+                weight_decay=weight_decay,
+                momentum=momentum,
+                centered=centered,
+                maximize=maximize,
+                foreach=foreach,
+            ),
+        )
 
     def _build(self, group: dict[str, Any]) -> GradientTransformation:
-        return alias.rmsprop(**_hyper(group, "lr", "alpha", "eps", "weight_decay", "momentum", "centered",
-                                      "maximize", "foreach"))
+        return alias.rmsprop(
+            **_hyper(
+                group,
+                "lr",
+                "alpha",
+                "eps",
+                "weight_decay",
+                "momentum",
+                "centered",
+                "maximize",
+                "foreach",
+            )
+        )
 
 
 RMSprop = RMSProp
@@ -432,8 +593,12 @@ class Lion(Optimizer):
         foreach: bool | None = None,
     ) -> None:
         alias.lion(lr, betas, weight_decay)
-        super().__init__(params, defaults=dict(lr=lr, betas=betas, weight_decay=weight_decay,
-                                                maximize=maximize, foreach=foreach))
+        super().__init__(
+            params,
+            defaults=dict(
+                lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize, foreach=foreach
+            ),
+        )
 
     def _build(self, group: dict[str, Any]) -> GradientTransformation:
         return alias.lion(**_hyper(group, "lr", "betas", "weight_decay", "maximize", "foreach"))

@@ -29,10 +29,17 @@ def apply_updates(params: Params, updates: Updates, *, inplace: bool = True) -> 
             f"params and updates must have the same structure, got {len(p_leaves)} and "
             f"{len(u_leaves)} leaves"
         )
-    pairs = [(i, p, u) for i, (p, u) in enumerate(zip(p_leaves, u_leaves)) if u is not None and p is not None]
+    pairs = [
+        (i, p, u)
+        for i, (p, u) in enumerate(zip(p_leaves, u_leaves))
+        if u is not None and p is not None
+    ]
     for i, p, u in pairs:
         if not isinstance(p, torch.Tensor) or not isinstance(u, torch.Tensor):
-            raise TypeError(f"params/updates leaf {i} must be tensors, got {type(p).__name__}/{type(u).__name__}")
+            raise TypeError(
+                f"params/updates leaf {i} must be tensors, got "
+                f"{type(p).__name__}/{type(u).__name__}"
+            )
     if inplace:
         if pairs:
             with torch.no_grad():

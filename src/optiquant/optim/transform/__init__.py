@@ -20,7 +20,12 @@ from optiquant.optim.transform.rms import (
     scale_by_rss,
     scale_by_stddev,
 )
-from optiquant.optim.transform.scale import ScaleByScheduleState, flip_sign, scale, scale_by_schedule
+from optiquant.optim.transform.scale import (
+    ScaleByScheduleState,
+    flip_sign,
+    scale,
+    scale_by_schedule,
+)
 from optiquant.optim.transform.weight_decay import add_decayed_weights
 
 maximize = flip_sign

@@ -148,7 +148,10 @@ class ListOps:
                 return xs
             return list(torch._foreach_addcmul(xs, ys, zs, value))
         if self.inplace:
-            return [x.addcmul_(y, z, value=_per(value, i)) for i, (x, y, z) in enumerate(zip(xs, ys, zs))]
+            return [
+                x.addcmul_(y, z, value=_per(value, i))
+                for i, (x, y, z) in enumerate(zip(xs, ys, zs))
+            ]
         return [x + _per(value, i) * (y * z) for i, (x, y, z) in enumerate(zip(xs, ys, zs))]
 
     def div(self, xs: Tensors, ys: Tensors) -> Tensors:

@@ -10,6 +10,7 @@ import torch
 from optiquant._typing import OptState, Params, Updates
 from optiquant.optim._validate import check_beta, check_non_negative, check_positive
 from optiquant.optim.base import GradientTransformation
+from optiquant.optim.transform._adam_autograd import adam_direction
 from optiquant.optim.transform._ops import ListOps, Selection, new_counts, use_foreach
 from optiquant.tree import check_tensor_leaves, tree_map, tree_zeros_like
 
@@ -113,6 +114,24 @@ def scale_by_adam(
         counts, steps = new_counts(sel.state(2), inplace)
         bc1 = [1.0 - b1**t for t in steps]
         bc2 = [1.0 - b2**t for t in steps]
+        if not inplace and ops.foreach and not amsgrad and not nesterov and gs:
+            mus, nus, out = adam_direction(
+                gs,
+                sel.state(0),
+                sel.state(1),
+                b1=float(b1),
+                b2=float(b2),
+                eps=float(eps),
+                eps_root=eps_root,
+                bc1=[float(b) for b in bc1],
+                bc2=[float(b) for b in bc2],
+            )
+            return sel.updates_tree(out), ScaleByAdamState(
+                mu=sel.state_tree(0, mus),
+                nu=sel.state_tree(1, nus),
+                nu_max=(),
+                count=sel.state_tree(2, counts),
+            )
         mus = ops.lerp(sel.state(0), gs, 1.0 - b1)
         nus = ops.ema_square(sel.state(1), gs, b2)
         second = nus
@@ -256,8 +275,14 @@ def scale_by_radam(
             bc2 = 1.0 - b2**t
             rho_t = rho_inf - 2.0 * t * (b2**t) / bc2
             if float(rho_t) > 5.0:
-                rect = _sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
-                root = torch.sqrt(v) if inplace else ListOps(inplace=False, foreach=False).sqrt_new([v])[0]
+                rect = _sqrt(
+                    (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+                )
+                root = (
+                    torch.sqrt(v)
+                    if inplace
+                    else ListOps(inplace=False, foreach=False).sqrt_new([v])[0]
+                )
                 out.append(m * (rect * _sqrt(bc2) / bc1) / (root + eps))
             else:
                 out.append(m / bc1)
@@ -265,7 +290,10 @@ def scale_by_radam(
         if inplace:
             return new_updates, state
         return new_updates, ScaleByAdamState(
-            mu=sel.state_tree(0, mus), nu=sel.state_tree(1, nus), nu_max=(), count=sel.state_tree(2, counts)
+            mu=sel.state_tree(0, mus),
+            nu=sel.state_tree(1, nus),
+            nu_max=(),
+            count=sel.state_tree(2, counts),
         )
 
     return GradientTransformation(init, update)
@@ -334,7 +362,9 @@ def scale_by_nadam(
         mu_now = [b1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay)) for t in steps]
         mu_next = [b1 * (1.0 - 0.5 * 0.96 ** ((t + 1.0) * momentum_decay)) for t in steps]
         old_products = sel.state(3)
-        products = [float(p) * m if isinstance(m, float) else p * m for p, m in zip(old_products, mu_now)]
+        products = [
+            float(p) * m if isinstance(m, float) else p * m for p, m in zip(old_products, mu_now)
+        ]
         mus = ops.lerp(sel.state(0), gs, 1.0 - b1)
         nus = ops.ema_square(sel.state(1), gs, b2)
         scaled = [v / (1.0 - b2**t) for v, t in zip(nus, steps)]
@@ -348,7 +378,9 @@ def scale_by_nadam(
             for buf, p in zip(old_products, products):
                 buf.fill_(float(p))
             return new_updates, state
-        new_products = [torch.as_tensor(p, dtype=torch.float64) if isinstance(p, float) else p for p in products]
+        new_products = [
+            torch.as_tensor(p, dtype=torch.float64) if isinstance(p, float) else p for p in products
+        ]
         return new_updates, ScaleByNadamState(
             mu=sel.state_tree(0, mus),
             nu=sel.state_tree(1, nus),

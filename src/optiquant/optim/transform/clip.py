@@ -21,7 +21,11 @@ def _stateless_init(params: Params) -> OptState:
 
 
 def clip_grad_norm(
-    max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False, *, foreach: bool | None = None
+    max_norm: float,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+    *,
+    foreach: bool | None = None,
 ) -> GradientTransformation:
     """Scale all updates together so that their global norm is at most ``max_norm``.
 
@@ -58,10 +62,13 @@ def clip_grad_norm(
             total = torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]), norm_type)
             if error_if_nonfinite and not bool(torch.isfinite(total)):
                 raise RuntimeError(
-                    f"the total norm of order {norm_type} of the updates is non-finite ({float(total)})"
+                    f"the total norm of order {norm_type} of the updates is non-finite "
+                    f"({float(total)})"
                 )
             coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-        ops = ListOps(inplace=inplace, foreach=use_foreach(foreach) and len({g.device for g in gs}) == 1)
+        ops = ListOps(
+            inplace=inplace, foreach=use_foreach(foreach) and len({g.device for g in gs}) == 1
+        )
         return sel.updates_tree(ops.mul(gs, coef.to(gs[0].dtype) if inplace else coef)), state
 
     return GradientTransformation(_stateless_init, update)

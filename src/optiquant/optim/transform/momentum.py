@@ -47,9 +47,10 @@ def trace(
     check_non_negative(momentum, "momentum")
     check_non_negative(dampening, "dampening")
     check_bool(nesterov, "nesterov")
-    if nesterov and (isinstance(momentum, (int, float)) and momentum <= 0 or dampening != 0):
+    if nesterov and ((isinstance(momentum, (int, float)) and momentum <= 0) or dampening != 0):
         raise ValueError(
-            f"nesterov momentum requires momentum > 0 and dampening == 0, got momentum={momentum!r}, "
+            "nesterov momentum requires momentum > 0 and dampening == 0, got "
+            f"momentum={momentum!r}, "
             f"dampening={dampening!r}"
         )
     if isinstance(momentum, (int, float)) and momentum == 0:
@@ -81,7 +82,9 @@ def trace(
         if track_first:
             counts, steps = new_counts(sel.state(1), inplace)
             weights = [1.0 if t == 1.0 else 1.0 - dampening for t in steps]
-            bufs = ops.add(ops.mul(bufs, [0.0 if t == 1.0 else momentum for t in steps]), gs, weights)
+            bufs = ops.add(
+                ops.mul(bufs, [0.0 if t == 1.0 else momentum for t in steps]), gs, weights
+            )
         else:
             bufs = ops.add(ops.mul(bufs, momentum), gs)
         out = ops.add(gs, bufs, momentum) if nesterov else ops.assign(gs, bufs)

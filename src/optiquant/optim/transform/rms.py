@@ -1,4 +1,4 @@
-"""Second-moment rescalings: RMS (RMSprop), centred RMS (stddev) and root-sum-of-squares (Adagrad)."""
+"""Second-moment rescalings: RMS (RMSprop), centred RMS and root-sum-of-squares (Adagrad)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from optiquant.optim.transform._ops import ListOps, Selection, use_foreach
 from optiquant.tree import check_tensor_leaves, tree_map, tree_zeros_like
 
 __all__ = [
+    "ScaleByRStdDevState",
     "ScaleByRmsState",
     "ScaleByRssState",
-    "ScaleByRStdDevState",
     "scale_by_rms",
     "scale_by_rss",
     "scale_by_stddev",
@@ -23,7 +23,9 @@ __all__ = [
 
 
 def _filled(params: Params, value: float) -> Any:
-    return tree_map(lambda p: torch.full_like(p, value, memory_format=torch.preserve_format), params)
+    return tree_map(
+        lambda p: torch.full_like(p, value, memory_format=torch.preserve_format), params
+    )
 
 
 class ScaleByRmsState(NamedTuple):
@@ -126,7 +128,9 @@ def scale_by_stddev(
         new_updates = sel.updates_tree(out)
         if inplace:
             return new_updates, state
-        return new_updates, ScaleByRStdDevState(mu=sel.state_tree(0, mus), nu=sel.state_tree(1, nus))
+        return new_updates, ScaleByRStdDevState(
+            mu=sel.state_tree(0, mus), nu=sel.state_tree(1, nus)
+        )
 
     return GradientTransformation(init, update)
 

@@ -11,7 +11,7 @@ from optiquant.optim._validate import is_schedule
 from optiquant.optim.base import EmptyState, GradientTransformation
 from optiquant.optim.transform._ops import ListOps, Selection, use_foreach
 
-__all__ = ["scale", "scale_by_schedule", "flip_sign", "ScaleByScheduleState"]
+__all__ = ["ScaleByScheduleState", "flip_sign", "scale", "scale_by_schedule"]
 
 
 def _scale_leaves(updates: Updates, factor: Any, inplace: bool, foreach: bool | None) -> Updates:
@@ -20,7 +20,9 @@ def _scale_leaves(updates: Updates, factor: Any, inplace: bool, foreach: bool | 
     return sel.updates_tree(ops.mul(sel.updates, factor))
 
 
-def scale(step_size: float | torch.Tensor, *, foreach: bool | None = None) -> GradientTransformation:
+def scale(
+    step_size: float | torch.Tensor, *, foreach: bool | None = None
+) -> GradientTransformation:
     """Multiply updates by ``step_size`` (a number or a tensor, which may require grad).
 
     >>> import torch
@@ -36,7 +38,12 @@ def scale(step_size: float | torch.Tensor, *, foreach: bool | None = None) -> Gr
         return EmptyState()
 
     def update(
-        updates: Updates, state: OptState, params: Params | None = None, *, inplace: bool = True, **extra_args: Any
+        updates: Updates,
+        state: OptState,
+        params: Params | None = None,
+        *,
+        inplace: bool = True,
+        **extra_args: Any,
     ) -> tuple[Updates, OptState]:
         del params, extra_args
         return _scale_leaves(updates, step_size, inplace, foreach), state
@@ -47,10 +54,12 @@ def scale(step_size: float | torch.Tensor, *, foreach: bool | None = None) -> Gr
 class ScaleByScheduleState(NamedTuple):
     """Step counter of :func:`scale_by_schedule` (number of updates so far)."""
 
-    count: torch.Tensor
+    count: torch.Tensor  # type: ignore[assignment]
 
 
-def scale_by_schedule(step_size_fn: Schedule, *, foreach: bool | None = None) -> GradientTransformation:
+def scale_by_schedule(
+    step_size_fn: Schedule, *, foreach: bool | None = None
+) -> GradientTransformation:
     """Multiply updates by ``step_size_fn(count)``; ``count`` starts at 0.
 
     >>> import torch
@@ -68,7 +77,12 @@ def scale_by_schedule(step_size_fn: Schedule, *, foreach: bool | None = None) ->
         return ScaleByScheduleState(count=torch.zeros((), dtype=torch.int64))
 
     def update(
-        updates: Updates, state: OptState, params: Params | None = None, *, inplace: bool = True, **extra_args: Any
+        updates: Updates,
+        state: OptState,
+        params: Params | None = None,
+        *,
+        inplace: bool = True,
+        **extra_args: Any,
     ) -> tuple[Updates, OptState]:
         del params, extra_args
         factor = step_size_fn(int(state.count))
@@ -95,7 +109,12 @@ def flip_sign(*, foreach: bool | None = None) -> GradientTransformation:
         return EmptyState()
 
     def update(
-        updates: Updates, state: OptState, params: Params | None = None, *, inplace: bool = True, **extra_args: Any
+        updates: Updates,
+        state: OptState,
+        params: Params | None = None,
+        *,
+        inplace: bool = True,
+        **extra_args: Any,
     ) -> tuple[Updates, OptState]:
         del params, extra_args
         sel = Selection(updates, (), ())

@@ -61,7 +61,9 @@ def add_decayed_weights(
     ) -> tuple[Updates, OptState]:
         del extra_args
         if params is None:
-            raise ValueError("add_decayed_weights needs params: call update(updates, state, params)")
+            raise ValueError(
+                "add_decayed_weights needs params: call update(updates, state, params)"
+            )
         leaves, spec = tree_flatten(updates)
         param_leaves = tree_leaves(params)
         if len(param_leaves) != len(leaves):
@@ -70,7 +72,11 @@ def add_decayed_weights(
                 f"{len(param_leaves)} leaves"
             )
         flags = resolve_mask(mask, params) if mask is not None else [True] * len(leaves)
-        idx = [i for i, u in enumerate(leaves) if u is not None and flags[i] and param_leaves[i] is not None]
+        idx = [
+            i
+            for i, u in enumerate(leaves)
+            if u is not None and flags[i] and param_leaves[i] is not None
+        ]
         ops = ListOps(inplace=inplace, foreach=use_foreach(foreach, weight_decay))
         ps = [param_leaves[i] if not inplace else param_leaves[i].detach() for i in idx]
         out = ops.add([leaves[i] for i in idx], ps, weight_decay)
