@@ -125,7 +125,7 @@ def test_fast_differentiable_adam_node_matches_finite_differences() -> None:
     """Plain-number betas take the one-node path; its hand-written backward must be exact."""
     base = {k: v.clone().requires_grad_(True) for k, v in mlp_params(seed=5).items()}
 
-    def run(lr: torch.Tensor, w0_shift: torch.Tensor) -> torch.Tensor:
+    def run(lr: torch.Tensor | float, w0_shift: torch.Tensor) -> torch.Tensor:
         params = dict(base)
         params["w0"] = params["w0"] + w0_shift
         tx = oq.adam(lr=lr, betas=(0.8, 0.95), eps=1e-6, eps_root=1e-9)
@@ -151,6 +151,9 @@ def test_fast_differentiable_adam_node_matches_finite_differences() -> None:
         ).detach()
     ) / (2 * h)
     assert abs(float(g_lr) - fd_lr) <= 1e-6 * abs(fd_lr)
+    # A plain-number lr folds the step size into the same node: check that path too.
+    (g_shift_plain,) = torch.autograd.grad(run(0.05, shift), [shift])  # type: ignore[arg-type]
+    torch.testing.assert_close(g_shift_plain, g_shift, rtol=1e-10, atol=1e-14)
     for index in [(0, 0), (3, 2), (7, 5)]:
         e = torch.zeros_like(zero)
         e[index] = h

@@ -40,6 +40,7 @@ from optiquant.optim.transform import (
     scale_by_stddev,
     trace,
 )
+from optiquant.optim.transform._adam_autograd import adam_direction
 from optiquant.optim.transform._ops import Selection
 from optiquant.tree import tree_leaves
 
@@ -265,6 +266,48 @@ def _adam_like(
     post = add_decayed_weights(weight_decay, mask, foreach=foreach) if decoupled else identity()
     generic = chain(pre, core, post, _neg_lr(lr, foreach))
     numbers = [_fused.as_float(x) for x in (b1, b2, eps, weight_decay)]
+    one_node = (
+        foreach is not False
+        and None not in numbers
+        and _fused.as_float(lr) is not None
+        and not nesterov
+        and not amsgrad
+        and not (decoupled and numbers[3] != 0.0)
+    )
+
+    def differentiable_update(
+        updates: Updates, state: OptState, params: Params | None, extra: dict[str, Any]
+    ) -> tuple[Updates, OptState]:
+        """Adam and the ``-lr`` scaling as one autograd node (see ``_adam_autograd``)."""
+        updates, pre_state = pre.update(updates, state[0], params, inplace=False, **extra)
+        adam_state = state[1]
+        sel = Selection(
+            updates, [adam_state.mu, adam_state.nu, adam_state.count], ["mu", "nu", "count"]
+        )
+        if not sel.indices:
+            return updates, state
+        counts = [c + 1.0 for c in sel.state(2)]
+        steps = [float(c) for c in counts]
+        fb1, fb2 = float(b1), float(b2)  # type: ignore[arg-type]
+        mus, nus, out = adam_direction(
+            sel.updates,
+            sel.state(0),
+            sel.state(1),
+            b1=fb1,
+            b2=fb2,
+            eps=float(eps),  # type: ignore[arg-type]
+            eps_root=eps_root,
+            bc1=[1.0 - fb1**t for t in steps],
+            bc2=[1.0 - fb2**t for t in steps],
+            step_size=-float(lr),  # type: ignore[arg-type]
+        )
+        new_adam = adam_state._replace(
+            mu=sel.state_tree(0, mus), nu=sel.state_tree(1, nus), count=sel.state_tree(2, counts)
+        )
+        return sel.updates_tree(out), (pre_state, new_adam, state[2], state[3])
+
+    if one_node and float(lr) == 0.0:  # type: ignore[arg-type]
+        one_node = False
     fusable = (
         foreach is not False
         and None not in numbers
@@ -275,7 +318,22 @@ def _adam_like(
         and (is_schedule(lr) or _fused.as_float(lr) is not None)
     )
     if not fusable:
-        return generic
+        if not one_node:
+            return generic
+
+        def update_one_node(
+            updates: Updates,
+            state: OptState,
+            params: Params | None = None,
+            *,
+            inplace: bool = True,
+            **extra: Any,
+        ) -> tuple[Updates, OptState]:
+            if inplace:
+                return generic.update(updates, state, params, inplace=True, **extra)
+            return differentiable_update(updates, state, params, extra)
+
+        return GradientTransformation(generic.init, update_one_node)
     fb1, fb2, feps, fwd = (float(x) for x in numbers)  # type: ignore[arg-type]
 
     def lr_now(state: OptState) -> float:
@@ -307,6 +365,8 @@ def _adam_like(
         **extra: Any,
     ) -> tuple[Updates, OptState]:
         if not inplace:
+            if one_node:
+                return differentiable_update(updates, state, params, extra)
             return generic.update(updates, state, params, inplace=inplace, **extra)
         sel, (mus, nus, counts, maxs) = adam_lists(updates, state)
         gs = sel.updates

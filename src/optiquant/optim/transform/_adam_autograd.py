@@ -5,13 +5,14 @@ node computes the new moments and the direction with multi-tensor kernels and wr
 exact vector-Jacobian product by hand:
 
     m' = b1 m + (1 - b1) g,   v' = b2 v + (1 - b2) g^2,
-    s  = sqrt(v' / c2 + eps_root),   u = m' / (c1 (s + eps)),
+    s  = sqrt(v' / c2 + eps_root),   u = m' / (k (s + eps)),
 
-    dm'* = dm' + du / (c1 (s + eps))
-    dv'* = dv' - du m' / (2 c1 c2 (s + eps)^2 s)      (0 where s = 0)
+    dm'* = dm' + du / (k (s + eps))
+    dv'* = dv' - du m' / (2 k c2 (s + eps)^2 s)      (0 where s = 0)
     dg   = (1 - b1) dm'* + 2 (1 - b2) g dv'*,   dm = b1 dm'*,   dv = b2 dv'*
 
-with ``c1, c2`` the bias corrections. It is used when the hyperparameters are plain
+with ``c2`` the second bias correction and ``k`` the first one divided by the step size
+(``k = c1`` gives Adam's direction, ``k = -c1 / lr`` the update itself). It is used when the hyperparameters are plain
 numbers; tensor hyperparameters take the elementwise path, which differentiates them too.
 The node is once differentiable (second-order meta-gradients raise an error).
 """
@@ -34,7 +35,7 @@ class AdamDirection(torch.autograd.Function):
         b2: float,
         eps: float,
         eps_root: float,
-        bc1: list[float],
+        denom_scale: list[float],
         bc2: list[float],
         n: int,
         *tensors: torch.Tensor,
@@ -48,30 +49,30 @@ class AdamDirection(torch.autograd.Function):
             torch._foreach_add_(root, eps_root)
         torch._foreach_sqrt_(root)
         denom = list(torch._foreach_add(root, eps))
-        torch._foreach_mul_(denom, bc1)
+        torch._foreach_mul_(denom, denom_scale)
         direction = list(torch._foreach_div(new_mu, denom))
-        ctx.constants = (b1, b2, bc1, bc2, n)
+        ctx.constants = (b1, b2, denom_scale, bc2, n)
         ctx.save_for_backward(*gs, *new_mu, *root, *denom)
         return (*new_mu, *new_nu, *direction)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[Any, ...]:
-        b1, b2, bc1, bc2, n = ctx.constants
+        b1, b2, denom_scale, bc2, n = ctx.constants
         saved = ctx.saved_tensors
         gs, new_mu, root, denom = (list(saved[k * n : (k + 1) * n]) for k in range(4))
         d_mu_out = [torch.zeros_like(t) if d is None else d for d, t in zip(grads[:n], gs)]
         d_nu_out = [torch.zeros_like(t) if d is None else d for d, t in zip(grads[n : 2 * n], gs)]
         d_dir = [torch.zeros_like(t) if d is None else d for d, t in zip(grads[2 * n :], gs)]
-        # t = du / (c1 (s + eps)), the sensitivity of u to m'
+        # t = du / (k (s + eps)), the sensitivity of u to m'
         t = list(torch._foreach_div(d_dir, denom))
         d_mu = list(torch._foreach_add(d_mu_out, t))
-        # du m' / (2 c1 c2 (s+eps)^2 s) = t * m' * c1 / (2 c2 * denom * s)   (denom = c1 (s + eps))
+        # du m' / (2 k c2 (s+eps)^2 s) = t * m' * k / (2 c2 * denom * s)   (denom = k (s + eps))
         coupling = list(torch._foreach_mul(t, new_mu))
         torch._foreach_div_(coupling, denom)
         safe_root = torch._foreach_clamp_min(root, torch.finfo(root[0].dtype).tiny) if root else []
         torch._foreach_div_(coupling, safe_root)  # type: ignore[arg-type]
-        torch._foreach_mul_(coupling, [0.5 * c1 / c2 for c1, c2 in zip(bc1, bc2)])
+        torch._foreach_mul_(coupling, [0.5 * k / c2 for k, c2 in zip(denom_scale, bc2)])
         d_nu = list(torch._foreach_sub(d_nu_out, coupling))
         d_g = list(torch._foreach_mul(d_mu, 1.0 - b1))
         scaled = list(torch._foreach_mul(gs, 2.0 * (1.0 - b2)))
@@ -92,8 +93,10 @@ def adam_direction(
     eps_root: float,
     bc1: list[float],
     bc2: list[float],
+    step_size: float = 1.0,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-    """New first and second moments and the Adam direction, as one differentiable node."""
+    """New moments and ``step_size`` times the Adam direction, as one differentiable node."""
     n = len(gs)
-    out = AdamDirection.apply(b1, b2, eps, eps_root, bc1, bc2, n, *gs, *mus, *nus)
+    scale = [c1 / step_size for c1 in bc1]
+    out = AdamDirection.apply(b1, b2, eps, eps_root, scale, bc2, n, *gs, *mus, *nus)
     return list(out[:n]), list(out[n : 2 * n]), list(out[2 * n :])
