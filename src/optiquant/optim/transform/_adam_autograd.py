@@ -12,8 +12,9 @@ exact vector-Jacobian product by hand:
     dg   = (1 - b1) dm'* + 2 (1 - b2) g dv'*,   dm = b1 dm'*,   dv = b2 dv'*
 
 with ``c2`` the second bias correction and ``k`` the first one divided by the step size
-(``k = c1`` gives Adam's direction, ``k = -c1 / lr`` the update itself). It is used when the hyperparameters are plain
-numbers; tensor hyperparameters take the elementwise path, which differentiates them too.
+(``k = c1`` gives Adam's direction, ``k = -c1 / lr`` the update itself). It is used when
+the hyperparameters are plain numbers; tensor hyperparameters take the elementwise path,
+which differentiates them too.
 The node is once differentiable (second-order meta-gradients raise an error).
 """
 
