@@ -31,7 +31,11 @@ def mlp_params(
 
 
 def mlp_loss(params: dict[str, Any], step: int, batch: int = 16) -> torch.Tensor:
-    """A deterministic regression loss of the MLP on a batch that depends on ``step``."""
+    """A deterministic regression loss of the MLP on a batch that depends on ``step``.
+
+    >>> float(mlp_loss(mlp_params(), step=0)) > 0
+    True
+    """
     w0 = params["w0"]
     gen = torch.Generator().manual_seed(1000 + step)
     x = torch.randn(batch, w0.shape[1], generator=gen, dtype=torch.float64).to(w0.dtype)
@@ -57,7 +61,11 @@ def step_tolerance(dtype: torch.dtype, steps: int, scale: float = 1.0) -> float:
 
 
 def assert_trees_close(actual: Any, expected: Any, *, rtol: float, atol: float) -> None:
-    """Assert two trees of tensors are leafwise close, with a message naming the leaf."""
+    """Assert two trees of tensors are leafwise close, with a message naming the leaf.
+
+    >>> import torch
+    >>> assert_trees_close({"a": torch.ones(1)}, {"a": torch.ones(1)}, rtol=0, atol=0)
+    """
     a_leaves, e_leaves = tree_leaves(actual), tree_leaves(expected)
     assert len(a_leaves) == len(e_leaves), f"{len(a_leaves)} leaves vs {len(e_leaves)}"
     for i, (a, e) in enumerate(zip(a_leaves, e_leaves)):

@@ -33,22 +33,40 @@ __all__ = [
 
 
 def tree_flatten(tree: TensorTree) -> tuple[list[Any], optree.PyTreeSpec]:
-    """Flatten ``tree`` into its leaves and structure, ``None`` counting as a leaf."""
+    """Flatten ``tree`` into its leaves and structure, ``None`` counting as a leaf.
+
+    >>> leaves, spec = tree_flatten({"a": 1, "b": None})
+    >>> leaves
+    [1, None]
+    """
     return optree.tree_flatten(tree, none_is_leaf=True)
 
 
 def tree_unflatten(spec: optree.PyTreeSpec, leaves: Sequence[Any]) -> TensorTree:
-    """Rebuild a tree of structure ``spec`` from ``leaves``."""
+    """Rebuild a tree of structure ``spec`` from ``leaves``.
+
+    >>> _, spec = tree_flatten({"a": 1, "b": 2})
+    >>> tree_unflatten(spec, [3, 4])
+    {'a': 3, 'b': 4}
+    """
     return optree.tree_unflatten(spec, leaves)
 
 
 def tree_leaves(tree: TensorTree) -> list[Any]:
-    """The leaves of ``tree`` (``None`` included)."""
+    """The leaves of ``tree`` (``None`` included).
+
+    >>> tree_leaves([1, (None, 2)])
+    [1, None, 2]
+    """
     return optree.tree_leaves(tree, none_is_leaf=True)
 
 
 def tree_structure(tree: TensorTree) -> optree.PyTreeSpec:
-    """The structure of ``tree`` (``None`` counted as a leaf)."""
+    """The structure of ``tree`` (``None`` counted as a leaf).
+
+    >>> tree_structure({"a": 1}) == tree_structure({"a": None})
+    True
+    """
     return optree.tree_structure(tree, none_is_leaf=True)
 
 
@@ -69,7 +87,13 @@ def tree_map(fn: Callable[..., Any], tree: TensorTree, *rest: TensorTree) -> Ten
 
 
 def check_tensor_leaves(tree: TensorTree, name: str, *, allow_none: bool = True) -> list[Any]:
-    """Return the leaves of ``tree``; raise ``TypeError`` naming ``name`` if one is not a tensor."""
+    """Return the leaves of ``tree``; raise ``TypeError`` naming ``name`` if one is not a tensor.
+
+    >>> import torch
+    >>> check_tensor_leaves({"w": 1.0}, "params")
+    Traceback (most recent call last):
+    TypeError: params: every leaf must be a torch.Tensor or None, but leaf 0 is float (1.0)
+    """
     leaves = tree_leaves(tree)
     for index, leaf in enumerate(leaves):
         if leaf is None and allow_none:
@@ -83,7 +107,12 @@ def check_tensor_leaves(tree: TensorTree, name: str, *, allow_none: bool = True)
 
 
 def check_same_structure(a: TensorTree, b: TensorTree, name_a: str, name_b: str) -> None:
-    """Raise ``ValueError`` if trees ``a`` and ``b`` differ in structure."""
+    """Raise ``ValueError`` if trees ``a`` and ``b`` differ in structure.
+
+    >>> check_same_structure({"a": 1}, {"b": 1}, "params", "grads")
+    Traceback (most recent call last):
+    ValueError: params and grads must have the same tree structure, ...
+    """
     spec_a, spec_b = tree_structure(a), tree_structure(b)
     if spec_a != spec_b:
         raise ValueError(
@@ -92,7 +121,12 @@ def check_same_structure(a: TensorTree, b: TensorTree, name_a: str, name_b: str)
 
 
 def tree_zeros_like(tree: TensorTree, *, requires_grad: bool = False) -> TensorTree:
-    """A tree of zero tensors shaped like ``tree`` (``None`` leaves kept)."""
+    """A tree of zero tensors shaped like ``tree`` (``None`` leaves kept).
+
+    >>> import torch
+    >>> tree_zeros_like({"a": torch.ones(2), "b": None})
+    {'a': tensor([0., 0.]), 'b': None}
+    """
     return tree_map(
         lambda t: torch.zeros_like(t, memory_format=torch.preserve_format).requires_grad_(
             requires_grad
@@ -102,22 +136,42 @@ def tree_zeros_like(tree: TensorTree, *, requires_grad: bool = False) -> TensorT
 
 
 def tree_add(a: TensorTree, b: TensorTree, alpha: float = 1.0) -> TensorTree:
-    """``a + alpha * b`` leaf by leaf."""
+    """``a + alpha * b`` leaf by leaf.
+
+    >>> import torch
+    >>> tree_add([torch.tensor(1.0)], [torch.tensor(2.0)], alpha=0.5)
+    [tensor(2.)]
+    """
     return tree_map(lambda x, y: x.add(y, alpha=alpha) if y is not None else x, a, b)
 
 
 def tree_sub(a: TensorTree, b: TensorTree) -> TensorTree:
-    """``a - b`` leaf by leaf."""
+    """``a - b`` leaf by leaf.
+
+    >>> import torch
+    >>> tree_sub([torch.tensor(1.0)], [torch.tensor(2.0)])
+    [tensor(-1.)]
+    """
     return tree_map(lambda x, y: x - y if y is not None else x, a, b)
 
 
 def tree_scale(tree: TensorTree, factor: float | torch.Tensor) -> TensorTree:
-    """``factor * tree`` leaf by leaf."""
+    """``factor * tree`` leaf by leaf.
+
+    >>> import torch
+    >>> tree_scale({"a": torch.tensor(2.0)}, 3.0)
+    {'a': tensor(6.)}
+    """
     return tree_map(lambda x: x * factor, tree)
 
 
 def tree_vdot(a: TensorTree, b: TensorTree) -> torch.Tensor:
-    """The real inner product ``sum(a_i * b_i)`` over all leaves, as a 0-d tensor."""
+    """The real inner product ``sum(a_i * b_i)`` over all leaves, as a 0-d tensor.
+
+    >>> import torch
+    >>> tree_vdot([torch.tensor([1.0, 2.0])], [torch.tensor([3.0, 4.0])])
+    tensor(11.)
+    """
     pairs = [
         (x, y) for x, y in zip(tree_leaves(a), tree_leaves(b)) if x is not None and y is not None
     ]
@@ -130,7 +184,12 @@ def tree_vdot(a: TensorTree, b: TensorTree) -> torch.Tensor:
 
 
 def tree_global_norm(tree: TensorTree, norm_type: float = 2.0) -> torch.Tensor:
-    """The norm of all leaves taken together, as a 0-d tensor."""
+    """The norm of all leaves taken together, as a 0-d tensor.
+
+    >>> import torch
+    >>> tree_global_norm({"a": torch.tensor([3.0]), "b": torch.tensor([4.0])})
+    tensor(5.)
+    """
     leaves = [x for x in tree_leaves(tree) if x is not None]
     if not leaves:
         return torch.zeros(())

@@ -237,7 +237,16 @@ def _hyper(group: dict[str, Any], *names: str) -> dict[str, Any]:
 
 
 class SGD(Optimizer):
-    """``torch.optim.SGD`` on optiquant's transformations (same arguments)."""
+    """``torch.optim.SGD`` on optiquant's transformations (same arguments).
+
+    >>> import torch, optiquant as oq
+    >>> w = torch.nn.Parameter(torch.tensor([1.0]))
+    >>> opt = oq.SGD([w], lr=0.1, momentum=0.9)
+    >>> w.grad = torch.tensor([2.0])
+    >>> opt.step()
+    >>> w.data
+    tensor([0.8000])
+    """
 
     def __init__(
         self,
@@ -281,7 +290,16 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """``torch.optim.Adam`` on optiquant's transformations; fused CPU kernel when possible."""
+    """``torch.optim.Adam`` on optiquant's transformations; fused CPU kernel when possible.
+
+    >>> import torch, optiquant as oq
+    >>> w = torch.nn.Parameter(torch.tensor([1.0]))
+    >>> opt = oq.Adam([w], lr=0.1)
+    >>> w.grad = torch.tensor([2.0])
+    >>> opt.step()
+    >>> w.data
+    tensor([0.9000])
+    """
 
     def __init__(
         self,
@@ -332,7 +350,16 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
-    """``torch.optim.AdamW`` on optiquant's transformations; fused CPU kernel when possible."""
+    """``torch.optim.AdamW`` on optiquant's transformations; fused CPU kernel when possible.
+
+    >>> import torch, optiquant as oq
+    >>> w = torch.nn.Parameter(torch.tensor([1.0]))
+    >>> opt = oq.AdamW([w], lr=0.1, weight_decay=0.0)
+    >>> w.grad = torch.tensor([2.0])
+    >>> opt.step()
+    >>> w.data
+    tensor([0.9000])
+    """
 
     def __init__(
         self,
@@ -362,7 +389,16 @@ class AdamW(Adam):
 
 
 class Adamax(Optimizer):
-    """``torch.optim.Adamax`` on optiquant's transformations."""
+    """``torch.optim.Adamax`` on optiquant's transformations.
+
+    >>> import torch, optiquant as oq
+    >>> w = torch.nn.Parameter(torch.tensor([1.0]))
+    >>> opt = oq.Adamax([w], lr=0.1)
+    >>> w.grad = torch.tensor([2.0])
+    >>> opt.step()
+    >>> w.data
+    tensor([0.9000])
+    """
 
     def __init__(
         self,
@@ -395,7 +431,16 @@ class Adamax(Optimizer):
 
 
 class RAdam(Optimizer):
-    """``torch.optim.RAdam`` on optiquant's transformations."""
+    """``torch.optim.RAdam`` on optiquant's transformations.
+
+    >>> import torch, optiquant as oq
+    >>> w = torch.nn.Parameter(torch.tensor([1.0]))
+    >>> opt = oq.RAdam([w], lr=0.1)
+    >>> w.grad = torch.tensor([2.0])
+    >>> opt.step()
+    >>> w.data
+    tensor([0.8000])
+    """
 
     def __init__(
         self,
@@ -439,7 +484,16 @@ class RAdam(Optimizer):
 
 
 class NAdam(Optimizer):
-    """``torch.optim.NAdam`` on optiquant's transformations."""
+    """``torch.optim.NAdam`` on optiquant's transformations.
+
+    >>> import torch, optiquant as oq
+    >>> w = torch.nn.Parameter(torch.tensor([1.0]))
+    >>> opt = oq.NAdam([w], lr=0.1)
+    >>> w.grad = torch.tensor([2.0])
+    >>> opt.step()
+    >>> bool(w.data < 1.0)
+    True
+    """
 
     def __init__(
         self,
@@ -486,7 +540,16 @@ class NAdam(Optimizer):
 
 
 class Adagrad(Optimizer):
-    """``torch.optim.Adagrad`` on optiquant's transformations."""
+    """``torch.optim.Adagrad`` on optiquant's transformations.
+
+    >>> import torch, optiquant as oq
+    >>> w = torch.nn.Parameter(torch.tensor([1.0]))
+    >>> opt = oq.Adagrad([w], lr=0.1)
+    >>> w.grad = torch.tensor([2.0])
+    >>> opt.step()
+    >>> w.data
+    tensor([0.9000])
+    """
 
     def __init__(
         self,
@@ -530,7 +593,16 @@ class Adagrad(Optimizer):
 
 
 class RMSProp(Optimizer):
-    """``torch.optim.RMSprop`` on optiquant's transformations."""
+    """``torch.optim.RMSprop`` on optiquant's transformations.
+
+    >>> import torch, optiquant as oq
+    >>> w = torch.nn.Parameter(torch.tensor([1.0]))
+    >>> opt = oq.RMSProp([w], lr=0.01, alpha=0.0)
+    >>> w.grad = torch.tensor([2.0])
+    >>> opt.step()
+    >>> w.data
+    tensor([0.9900])
+    """
 
     def __init__(
         self,
@@ -580,7 +652,16 @@ RMSprop = RMSProp
 
 
 class Lion(Optimizer):
-    """Lion (no torch.optim counterpart) as a ``torch.optim.Optimizer``."""
+    """Lion (no torch.optim counterpart) as a ``torch.optim.Optimizer``.
+
+    >>> import torch, optiquant as oq
+    >>> w = torch.nn.Parameter(torch.tensor([1.0]))
+    >>> opt = oq.Lion([w], lr=0.1)
+    >>> w.grad = torch.tensor([2.0])
+    >>> opt.step()
+    >>> w.data
+    tensor([0.9000])
+    """
 
     def __init__(
         self,

@@ -27,7 +27,12 @@ __all__ = [
 
 
 def init_counts(params: Params) -> Any:
-    """Per-parameter step counters (0-d float32 CPU tensors), ``None`` for frozen leaves."""
+    """Per-parameter step counters (0-d float32 CPU tensors), ``None`` for frozen leaves.
+
+    >>> import torch
+    >>> init_counts({"w": torch.ones(3), "frozen": None})
+    {'w': tensor(0.), 'frozen': None}
+    """
     return tree_map(lambda p: torch.zeros((), dtype=torch.float32), params)
 
 

@@ -19,7 +19,12 @@ Mask = Any  # a tree of bools like the params, or a callable params -> such a tr
 
 
 def resolve_mask(mask: Mask, tree: Any, name: str = "mask") -> list[bool]:
-    """Evaluate ``mask`` (a bool tree or a predicate returning one) against ``tree``'s leaves."""
+    """Evaluate ``mask`` (a bool tree or a predicate returning one) against ``tree``'s leaves.
+
+    >>> import torch
+    >>> resolve_mask(lambda p: {k: v.ndim > 1 for k, v in p.items()}, {"w": torch.ones(2, 2), "b": torch.ones(2)})
+    [False, True]
+    """
     value = mask(tree) if callable(mask) else mask
     check_same_structure(tree, value, "params", name)
     flags = tree_leaves(value)
