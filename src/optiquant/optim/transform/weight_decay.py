@@ -22,7 +22,8 @@ def resolve_mask(mask: Mask, tree: Any, name: str = "mask") -> list[bool]:
     """Evaluate ``mask`` (a bool tree or a predicate returning one) against ``tree``'s leaves.
 
     >>> import torch
-    >>> resolve_mask(lambda p: {k: v.ndim > 1 for k, v in p.items()}, {"w": torch.ones(2, 2), "b": torch.ones(2)})
+    >>> params = {"w": torch.ones(2, 2), "b": torch.ones(2)}
+    >>> resolve_mask(lambda p: {k: v.ndim > 1 for k, v in p.items()}, params)
     [False, True]
     """
     value = mask(tree) if callable(mask) else mask
