@@ -62,19 +62,24 @@ class AdamDirection(torch.autograd.Function):
         b1, b2, denom_scale, bc2, n = ctx.constants
         saved = ctx.saved_tensors
         gs, new_mu, root, denom = (list(saved[k * n : (k + 1) * n]) for k in range(4))
-        d_mu_out = [torch.zeros_like(t) if d is None else d for d, t in zip(grads[:n], gs)]
-        d_nu_out = [torch.zeros_like(t) if d is None else d for d, t in zip(grads[n : 2 * n], gs)]
-        d_dir = [torch.zeros_like(t) if d is None else d for d, t in zip(grads[2 * n :], gs)]
+        d_mu_out, d_nu_out, d_dir = grads[:n], grads[n : 2 * n], grads[2 * n :]
         # t = du / (k (s + eps)), the sensitivity of u to m'
-        t = list(torch._foreach_div(d_dir, denom))
-        d_mu = list(torch._foreach_add(d_mu_out, t))
+        incoming = [torch.zeros_like(g) if d is None else d for d, g in zip(d_dir, gs)]
+        t = list(torch._foreach_div(incoming, denom))
+        if all(d is None for d in d_mu_out):
+            d_mu = t
+        else:
+            d_mu = [x if d is None else x + d for x, d in zip(t, d_mu_out)]
         # du m' / (2 k c2 (s+eps)^2 s) = t * m' * k / (2 c2 * denom * s)   (denom = k (s + eps))
         coupling = list(torch._foreach_mul(t, new_mu))
         torch._foreach_div_(coupling, denom)
         safe_root = torch._foreach_clamp_min(root, torch.finfo(root[0].dtype).tiny) if root else []
         torch._foreach_div_(coupling, safe_root)  # type: ignore[arg-type]
-        torch._foreach_mul_(coupling, [0.5 * k / c2 for k, c2 in zip(denom_scale, bc2)])
-        d_nu = list(torch._foreach_sub(d_nu_out, coupling))
+        torch._foreach_mul_(coupling, [-0.5 * k / c2 for k, c2 in zip(denom_scale, bc2)])
+        if all(d is None for d in d_nu_out):
+            d_nu = coupling
+        else:
+            d_nu = [c if d is None else c + d for c, d in zip(coupling, d_nu_out)]
         d_g = list(torch._foreach_mul(d_mu, 1.0 - b1))
         scaled = list(torch._foreach_mul(gs, 2.0 * (1.0 - b2)))
         torch._foreach_addcmul_(d_g, scaled, d_nu)
