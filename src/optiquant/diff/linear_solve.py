@@ -29,7 +29,7 @@ from optiquant.diff._flat import (
 )
 from optiquant.tree import tree_unflatten
 
-__all__ = ["LinearSolver", "solve_cg", "solve_inv", "solve_normal_cg"]
+__all__ = ["solve_cg", "solve_inv", "solve_normal_cg"]
 
 Matvec = Callable[[TensorTree], TensorTree]
 #: ``solver(matvec, b) -> x`` with ``matvec(x) == b`` (approximately).

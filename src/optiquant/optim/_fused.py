@@ -32,6 +32,19 @@ def can_fuse(*lists: list[torch.Tensor]) -> bool:
     return device.type == "cpu" and dtype in _FUSABLE_DTYPES and not lists[0][0].is_sparse
 
 
+def has_dtensor(tensors: list[torch.Tensor]) -> bool:
+    """Whether any of ``tensors`` is a ``DTensor`` (sharded by FSDP2 or tensor parallelism).
+
+    torch's fused SGD and Adagrad kernels have no DTensor sharding rule; callers fall
+    back to their multi-tensor path for such inputs.
+    """
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(t, DTensor) for t in tensors)
+
+
 def cancelling_decay(lr: float) -> float | None:
     """A weight decay ``wd`` with ``1 - lr * wd == 0`` exactly (in float64), or None."""
     if not (lr > 0 and math.isfinite(lr)):

@@ -200,7 +200,11 @@ def sgd(
         all_params = tree_leaves(params)
         ps = [all_params[i] for i in sel.indices]
         bufs = sel.state(0) if has_buffer else []
-        if not gs or not _fused.can_fuse(ps, gs, *([bufs] if bufs else [])):
+        if (
+            not gs
+            or not _fused.can_fuse(ps, gs, *([bufs] if bufs else []))
+            or _fused.has_dtensor(ps)
+        ):
             return None
         first = False
         if track_first:
@@ -760,7 +764,7 @@ def adagrad(
         all_params = tree_leaves(params)
         ps = [all_params[i] for i in sel.indices]
         sums = sel.state(0)
-        if not gs or not _fused.can_fuse(ps, gs, sums):
+        if not gs or not _fused.can_fuse(ps, gs, sums) or _fused.has_dtensor(ps):
             return None
         count = int(state[2].count) if lr_decay != 0 else 0
         step = torch.tensor(float(count + 1))

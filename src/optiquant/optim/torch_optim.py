@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import optree
 import torch
 
-from optiquant.optim import alias
+from optiquant.optim import _fused, alias
 from optiquant.optim.base import GradientTransformation
 from optiquant.optim.update import apply_updates
 from optiquant.tree import tree_unflatten
@@ -76,6 +76,11 @@ class Optimizer(torch.optim.Optimizer):
     tensor([0.8000])
     """
 
+    #: Set by subclasses whose transformation needs whole tensors (PSGD's Kron multiplies
+    #: along every dimension): on FSDP2-sharded (DTensor) parameters their transformation
+    #: then runs on all-gathered whole tensors (``optiquant.distributed.gathered``).
+    whole_tensors: ClassVar[bool] = False
+
     def __init__(
         self,
         params: Iterable[Any],
@@ -110,7 +115,12 @@ class Optimizer(torch.optim.Optimizer):
         )
         cached = self._built.get(index)
         if cached is None or cached[0] != key:
-            cached = (key, self._build(group))
+            tx = self._build(group)
+            if self.whole_tensors and _fused.has_dtensor(group["params"]):
+                from optiquant.distributed.gathered import gathered
+
+                tx = gathered(tx)
+            cached = (key, tx)
             self._built[index] = cached
         return cached[1]
 

@@ -1,0 +1,622 @@
+"""The built-in storage schemes: plain floats, min-max uniform codes, per-group widths, LSQ.
+
+Each scheme comes as a pair: an ``encode_*`` function used by the quantizers and a
+:class:`~optiquant.quant.encoded.Codec` registered under the scheme name that
+packs, unpacks and decodes. Quantizers compute their eval-mode weights with the
+same decode functions, so a stored state reproduces them bit for bit.
+
+Min-max schemes (``"uniform"``, ``"grouped"``) store ``lo, hi = min(w), max(w)``
+and codes ``c = round((w - lo) / (hi - lo) * (2**b - 1))``, decoded as
+``lo + c * ((hi - lo) / (2**b - 1))``. ``"lsq"`` stores a scale ``s`` and codes
+``c = clamp(round(w / s), -2**(b-1), 2**(b-1) - 1) + 2**(b-1)``, decoded as
+``(c - 2**(b-1)) * s``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from optiquant.io.bitpack import (
+    MAX_BITS,
+    bits_needed,
+    grouped_nbytes,
+    pack_bits,
+    pack_groups,
+    packed_nbytes,
+    unpack_bits,
+    unpack_groups,
+)
+from optiquant.io.errors import FormatError
+from optiquant.quant.encoded import Codec, EncodedTensor, register_codec
+
+# The codec classes and decoders are reached through ``get_codec(scheme)``.
+__all__ = [
+    "codes_dtype",
+    "compute_dtype",
+    "encode_float",
+    "encode_grouped",
+    "encode_lsq",
+    "encode_uniform",
+]
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_RANGE_DTYPES = (torch.float32, torch.float64)
+_CODE_DTYPES = (torch.uint8, torch.int16, torch.int32, torch.int64)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype quantization math runs in: float64 for float64 tensors, else float32.
+
+    >>> compute_dtype(torch.bfloat16), compute_dtype(torch.float64)
+    (torch.float32, torch.float64)
+    """
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def codes_dtype(max_bits: int) -> torch.dtype:
+    """The smallest integer dtype holding unsigned codes of ``max_bits`` bits.
+
+    >>> codes_dtype(8), codes_dtype(15), codes_dtype(16)
+    (torch.uint8, torch.int16, torch.int32)
+    """
+    return torch.uint8 if max_bits <= 8 else torch.int16 if max_bits <= 15 else torch.int32
+
+
+def _check_weight(weight: torch.Tensor, name: str) -> None:
+    if not isinstance(weight, torch.Tensor) or weight.dtype not in _FLOATS:
+        raise TypeError(f"{name}: expected a floating point tensor, got {weight!r:.60}")
+
+
+def _finite_range(weight: torch.Tensor, name: str) -> torch.Tensor:
+    """``[min, max]`` of ``weight`` in its compute dtype; raises on NaN/inf or emptiness."""
+    if weight.numel() == 0:
+        raise ValueError(f"{name}: cannot quantize an empty tensor")
+    lo, hi = torch.aminmax(weight.detach())
+    rng = torch.stack([lo, hi]).to(compute_dtype(weight.dtype))
+    if not bool(torch.isfinite(rng).all()):
+        raise ValueError(f"{name}: weights contain NaN or inf; cannot quantize")
+    return rng
+
+
+_CHUNK = 1 << 16
+
+
+def _chunk(numel: int, group_size: int, device: torch.device) -> int:
+    """Elements per chunk: cache-sized on CPU (a whole number of groups), all elsewhere."""
+    if device.type != "cpu":
+        return max(numel, 1)
+    return max(group_size, (_CHUNK // group_size) * group_size)
+
+
+def _group_factor(factor: torch.Tensor, start: int, end: int, group_size: int) -> torch.Tensor:
+    """The factors of the groups covering entries ``start:end`` (a whole number of groups)."""
+    if factor.dim() == 0:
+        return factor
+    return factor[start // group_size : end // group_size].unsqueeze(1)
+
+
+def _affine_codes(
+    flat: torch.Tensor,
+    lo: torch.Tensor,
+    inv: torch.Tensor,
+    group_size: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """``floor((flat - lo) * inv + 0.5)`` as ``dtype``; ``inv`` is 0-d or one per group.
+
+    The last group may be partial; its codes are padded with zeros to a whole group.
+    """
+    n = flat.numel()
+    full = n - n % group_size
+    padded = -(-n // group_size) * group_size
+    out = (torch.zeros if padded != n else torch.empty)(padded, dtype=dtype, device=flat.device)
+    step = _chunk(n, group_size, flat.device)
+    buf = torch.empty(min(step, max(n, 1)), dtype=lo.dtype, device=flat.device)
+    bounds = [(s, min(full, s + step)) for s in range(0, full, step)]
+    if full < n:
+        bounds.append((full, n))
+    for start, end in bounds:
+        b = buf[: end - start]
+        b.copy_(flat[start:end])
+        b.sub_(lo)
+        if inv.dim() == 0:
+            b.mul_(inv)
+        elif end - start == group_size * ((end - start) // group_size):
+            b.view(-1, group_size).mul_(_group_factor(inv, start, end, group_size))
+        else:
+            b.mul_(inv[start // group_size])
+        b.add_(0.5)
+        out[start:end] = b
+    return out
+
+
+def _affine_values(
+    codes: torch.Tensor,
+    lo: torch.Tensor,
+    step_size: torch.Tensor,
+    group_size: int,
+    out: torch.Tensor,
+) -> None:
+    """Write ``codes * step_size + lo`` into the flat ``out`` (``step_size`` 0-d or per group).
+
+    ``codes`` may be longer than ``out`` (a padded last group).
+    """
+    n = out.numel()
+    full = n - n % group_size
+    step = _chunk(n, group_size, out.device)
+    bounds = [(s, min(full, s + step)) for s in range(0, full, step)]
+    if full < n:
+        bounds.append((full, n))
+    for start, end in bounds:
+        o = out[start:end]
+        o.copy_(codes[start:end])
+        if step_size.dim() == 0:
+            o.mul_(step_size)
+        elif (end - start) % group_size == 0:
+            o.view(-1, group_size).mul_(_group_factor(step_size, start, end, group_size))
+        else:
+            o.mul_(step_size[start // group_size])
+        o.add_(lo)
+
+
+def _decode_with(
+    enc: EncodedTensor, out: torch.Tensor | None, fill: Callable[[torch.Tensor], None]
+) -> torch.Tensor:
+    """Run ``fill(flat)`` on a compute-dtype buffer (``out`` itself when it fits)."""
+    cdt = compute_dtype(enc.dtype)
+    if out is not None and out.dtype == cdt and out.is_contiguous():
+        fill(out.view(-1))
+        return out
+    buf = torch.empty(enc.numel, dtype=cdt, device=_device_of(enc))
+    fill(buf)
+    value = buf.view(enc.shape).to(enc.dtype)
+    if out is None:
+        return value
+    out.copy_(value)
+    return out
+
+
+def _device_of(enc: EncodedTensor) -> torch.device:
+    for value in enc.tensors.values():
+        return value.device
+    return torch.device("cpu")
+
+
+# ---------------------------------------------------------------------------------- float
+def encode_float(tensor: torch.Tensor, float16: bool = False) -> EncodedTensor:
+    """Store ``tensor`` as is, or in float16 when ``float16`` and it is a wider float.
+
+    >>> encode_float(torch.ones(3), float16=True).tensors["value"].dtype
+    torch.float16
+    """
+    value = tensor.detach()
+    if float16 and value.dtype in (torch.float32, torch.float64):
+        value = value.to(torch.float16)
+    else:
+        value = value.clone()
+    return EncodedTensor(
+        "float",
+        tuple(tensor.shape),
+        tensor.dtype,
+        {},
+        {"value": value.reshape(-1).contiguous()},
+        packed=True,
+    )
+
+
+class FloatCodec(Codec):
+    """Plain tensors (optionally stored in float16); packing changes nothing.
+
+    >>> enc = encode_float(torch.tensor([1.0, 2.5]), float16=True)
+    >>> FloatCodec().decode(enc)
+    tensor([1.0000, 2.5000])
+    """
+
+    scheme = "float"
+
+    def validate(self, enc: EncodedTensor) -> None:
+        value = enc.tensors.get("value")
+        if value is None:
+            raise FormatError("'float' tensor is missing its 'value' entry")
+        if value.numel() != enc.numel:
+            raise FormatError(f"'float' value has {value.numel()} elements, expected {enc.numel}")
+        if value.dtype != enc.dtype and not (
+            value.dtype == torch.float16 and enc.dtype in (torch.float32, torch.float64)
+        ):
+            raise FormatError(f"'float' value has dtype {value.dtype}, expected {enc.dtype}")
+
+    def decode_into(self, enc: EncodedTensor, out: torch.Tensor) -> torch.Tensor:
+        return self.decode(enc, out=out)
+
+    def decode(self, enc: EncodedTensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        value = enc.tensors["value"].to(enc.dtype).reshape(enc.shape)
+        if out is None:
+            return value
+        return out.copy_(value)
+
+
+# -------------------------------------------------------------------------------- uniform
+def _check_range(enc: EncodedTensor) -> torch.Tensor:
+    rng = Codec.require(enc, "range", _RANGE_DTYPES, 2)
+    if not bool(torch.isfinite(rng).all()) or bool(rng[0] > rng[1]):
+        raise FormatError(
+            f"{enc.scheme!r} range must be finite with min <= max, got {rng.tolist()}"
+        )
+    return rng
+
+
+def encode_uniform(weight: torch.Tensor, bits: int, name: str = "weight") -> EncodedTensor:
+    """Min-max quantize ``weight`` to ``bits`` bits per entry (unpacked encoding).
+
+    >>> enc = encode_uniform(torch.tensor([0.0, 0.5, 1.0]), 2)
+    >>> enc.tensors["codes"].tolist(), enc.decode().tolist()
+    ([0, 2, 3], [0.0, 0.6666666865348816, 1.0])
+    """
+    _check_weight(weight, name)
+    rng = _finite_range(weight, name)
+    lo, hi = rng[0], rng[1]
+    levels = float(2**bits - 1)
+    span = hi - lo
+    inv = torch.where(span > 0, levels / span, torch.zeros_like(span))
+    codes = _affine_codes(weight.detach().reshape(-1), lo, inv, 1, codes_dtype(bits))
+    return EncodedTensor(
+        "uniform", tuple(weight.shape), weight.dtype, {"bits": bits}, {"codes": codes, "range": rng}
+    )
+
+
+def decode_uniform_codes(
+    codes: torch.Tensor,
+    rng: torch.Tensor,
+    bits: int,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``lo + codes * (hi - lo) / (2**bits - 1)`` with ``shape`` and ``dtype`` (into ``out``).
+
+    >>> codes = torch.tensor([0, 1, 3], dtype=torch.uint8)
+    >>> decode_uniform_codes(codes, torch.tensor([0.0, 3.0]), 2, (3,), torch.float32)
+    tensor([0., 1., 3.])
+    """
+    step = (rng[1] - rng[0]) / float(2**bits - 1)
+    enc_like = EncodedTensor("uniform", shape, dtype, {}, {"codes": codes})
+    return _decode_with(enc_like, out, lambda flat: _affine_values(codes, rng[0], step, 1, flat))
+
+
+class UniformCodec(Codec):
+    """Per-tensor min-max codes of one width (``meta["bits"]``).
+
+    >>> packed = UniformCodec().pack(encode_uniform(torch.tensor([0.0, 1.0, 2.0, 3.0]), 2))
+    >>> packed.tensors["codes"].tolist(), UniformCodec().decode(packed).tolist()
+    ([228], [0.0, 1.0, 2.0, 3.0])
+    """
+
+    scheme = "uniform"
+
+    def validate(self, enc: EncodedTensor) -> None:
+        bits = self.meta_int(enc, "bits", 1, MAX_BITS)
+        _check_range(enc)
+        if enc.packed:
+            self.require(enc, "codes", (torch.uint8,), packed_nbytes(enc.numel, bits))
+        else:
+            self.require(enc, "codes", _CODE_DTYPES, enc.numel)
+
+    def pack(self, enc: EncodedTensor) -> EncodedTensor:
+        bits = enc.meta["bits"]
+        packed = pack_bits(enc.tensors["codes"], bits, check=False)
+        return EncodedTensor(
+            enc.scheme, enc.shape, enc.dtype, dict(enc.meta),
+            {"codes": packed, "range": enc.tensors["range"]}, packed=True,
+        )  # fmt: skip
+
+    def unpack(self, enc: EncodedTensor) -> EncodedTensor:
+        bits = enc.meta["bits"]
+        codes = unpack_bits(enc.tensors["codes"], bits, enc.numel, dtype=codes_dtype(bits))
+        return EncodedTensor(
+            enc.scheme, enc.shape, enc.dtype, dict(enc.meta),
+            {"codes": codes, "range": enc.tensors["range"]}, packed=False,
+        )  # fmt: skip
+
+    def decode_into(self, enc: EncodedTensor, out: torch.Tensor) -> torch.Tensor:
+        return self.decode(enc, out=out)
+
+    def decode(self, enc: EncodedTensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        enc = enc.unpack()
+        t = enc.tensors
+        return decode_uniform_codes(
+            t["codes"], t["range"], enc.meta["bits"], enc.shape, enc.dtype, out=out
+        )
+
+
+# -------------------------------------------------------------------------------- grouped
+def _group_table(rng: torch.Tensor, numerator: bool) -> torch.Tensor:
+    """Per-width factor: ``(2**w - 1) / span`` (numerator) or ``span / (2**w - 1)``."""
+    widths = torch.arange(MAX_BITS + 1, device=rng.device, dtype=rng.dtype)
+    levels = (torch.exp2(widths) - 1).clamp_min(1.0)
+    span = rng[1] - rng[0]
+    if numerator:
+        return torch.where(span > 0, levels / span, torch.zeros_like(levels))
+    return span / levels
+
+
+def _per_group(table: torch.Tensor, widths: torch.Tensor, uniform: bool) -> torch.Tensor:
+    """``table[widths]``, or the single 0-d entry when every group has the same width."""
+    if uniform and widths.numel():
+        return table[int(widths[0])]
+    return table[widths.long()]
+
+
+def encode_grouped(
+    weight: torch.Tensor, widths: torch.Tensor, group_size: int, name: str = "weight"
+) -> EncodedTensor:
+    """Min-max quantize ``weight`` with one width (1..16) per group of ``group_size``.
+
+    ``widths`` has one integer per group; the range is the whole tensor's. A last,
+    partial group is padded with zero codes (stored, at most ``group_size - 1``).
+
+    >>> enc = encode_grouped(torch.tensor([0.0, 0.3, 0.6, 1.0]), torch.tensor([1, 4]), 2)
+    >>> enc.tensors["codes"].tolist()
+    [0, 0, 9, 15]
+    """
+    _check_weight(weight, name)
+    n = weight.numel()
+    if group_size < 1:
+        raise ValueError(f"{name}: group_size must be >= 1, got {group_size}")
+    groups = -(-n // group_size)
+    widths = widths.reshape(-1)
+    if widths.numel() != groups:
+        raise ValueError(f"{name}: expected {groups} widths, got {widths.numel()}")
+    rng = _finite_range(weight, name)
+    small = widths.to(torch.uint8)
+    if groups:
+        low, high = (int(v) for v in torch.aminmax(small))
+        if low < 1 or high > MAX_BITS:
+            raise ValueError(f"{name}: widths must lie in [1, {MAX_BITS}], got [{low}, {high}]")
+    else:
+        low = high = 1
+    inv = _per_group(_group_table(rng, numerator=True), small, low == high)
+    codes = _affine_codes(weight.detach().reshape(-1), rng[0], inv, group_size, codes_dtype(high))
+    return EncodedTensor(
+        "grouped",
+        tuple(weight.shape),
+        weight.dtype,
+        {"group_size": group_size},
+        {"codes": codes, "widths": small, "range": rng},
+    )
+
+
+def decode_grouped_codes(
+    codes: torch.Tensor,
+    widths: torch.Tensor,
+    rng: torch.Tensor,
+    group_size: int,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``lo + codes * (hi - lo) / (2**w_g - 1)`` per group, with ``shape`` and ``dtype``.
+
+    >>> codes = torch.tensor([0, 1, 0, 15], dtype=torch.uint8)
+    >>> widths = torch.tensor([1, 4], dtype=torch.uint8)
+    >>> decode_grouped_codes(codes, widths, torch.tensor([0.0, 1.0]), 2, (4,), torch.float32)
+    tensor([0., 1., 0., 1.])
+    """
+    low, high = torch.aminmax(widths) if widths.numel() else (widths.new_ones(()),) * 2
+    step = _per_group(_group_table(rng, numerator=False), widths, bool(low == high))
+    enc_like = EncodedTensor("grouped", shape, dtype, {}, {"codes": codes})
+    return _decode_with(
+        enc_like, out, lambda flat: _affine_values(codes, rng[0], step, group_size, flat)
+    )
+
+
+class GroupedCodec(Codec):
+    """Per-tensor min-max range, one width per group of ``meta["group_size"]`` codes.
+
+    Packed, the widths are stored as ``widths - meta["width_offset"]`` in
+    ``meta["width_bits"]`` bits each (nothing when all groups share one width). A
+    partial last group is stored padded to ``group_size`` codes.
+
+    >>> weight = torch.tensor([0.0, 0.3, 0.6, 1.0])
+    >>> enc = encode_grouped(weight, torch.tensor([1, 4]), 2)
+    >>> packed = GroupedCodec().pack(enc)
+    >>> packed.meta
+    {'group_size': 2, 'width_offset': 1, 'width_bits': 2}
+    >>> torch.equal(GroupedCodec().decode(packed), enc.decode())
+    True
+    """
+
+    scheme = "grouped"
+
+    def _groups(self, enc: EncodedTensor) -> tuple[int, int]:
+        n = enc.numel
+        gs = self.meta_int(enc, "group_size", 1, max(n, 1))
+        return gs, -(-n // gs)
+
+    def validate(self, enc: EncodedTensor) -> None:
+        gs, groups = self._groups(enc)
+        _check_range(enc)
+        if enc.packed:
+            self.meta_int(enc, "width_offset", 1, MAX_BITS)
+            wbits = self.meta_int(enc, "width_bits", 0, 4)
+            self.require(enc, "widths", (torch.uint8,), packed_nbytes(groups, wbits))
+            widths = self.packed_widths(enc)
+            if groups and int(widths.max()) > MAX_BITS:
+                raise FormatError(f"'grouped' widths exceed {MAX_BITS} bits")
+            expected = grouped_nbytes(widths, gs)
+            self.require(enc, "codes", (torch.uint8,), expected)
+        else:
+            self.require(enc, "codes", _CODE_DTYPES, groups * gs)
+            widths = self.require(enc, "widths", (torch.uint8,), groups)
+            if groups:
+                low, high = (int(v) for v in torch.aminmax(widths))
+                if low < 1 or high > MAX_BITS:
+                    raise FormatError(f"'grouped' widths must lie in [1, {MAX_BITS}]")
+
+    def pack(self, enc: EncodedTensor) -> EncodedTensor:
+        gs, groups = self._groups(enc)
+        widths = enc.tensors["widths"]
+        if groups:
+            low, high = (int(v) for v in torch.aminmax(widths))
+        else:
+            low = high = 1
+        wbits = 0 if high == low else bits_needed(high - low)
+        codes = pack_groups(enc.tensors["codes"], widths, gs, check=False)
+        packed_widths = (
+            pack_bits(widths - low, wbits, check=False)
+            if wbits
+            else torch.empty(0, dtype=torch.uint8, device=widths.device)
+        )
+        meta = {"group_size": gs, "width_offset": low, "width_bits": wbits}
+        tensors = {"codes": codes, "widths": packed_widths, "range": enc.tensors["range"]}
+        return EncodedTensor(enc.scheme, enc.shape, enc.dtype, meta, tensors, packed=True)
+
+    def packed_widths(self, enc: EncodedTensor) -> torch.Tensor:
+        """The per-group widths of a packed encoding (uint8)."""
+        _, groups = self._groups(enc)
+        offset, wbits = enc.meta["width_offset"], enc.meta["width_bits"]
+        device = enc.tensors["codes"].device
+        if wbits:
+            widths = unpack_bits(enc.tensors["widths"], wbits, groups, dtype=torch.uint8) + offset
+        else:
+            widths = torch.full((groups,), offset, dtype=torch.uint8, device=device)
+        return widths
+
+    def unpack(self, enc: EncodedTensor) -> EncodedTensor:
+        gs, groups = self._groups(enc)
+        widths = self.packed_widths(enc)
+        top = int(widths.max()) if groups else 1
+        codes = unpack_groups(enc.tensors["codes"], widths, gs, dtype=codes_dtype(top))
+        meta = {"group_size": gs}
+        tensors = {"codes": codes, "widths": widths, "range": enc.tensors["range"]}
+        return EncodedTensor(enc.scheme, enc.shape, enc.dtype, meta, tensors, packed=False)
+
+    def decode_into(self, enc: EncodedTensor, out: torch.Tensor) -> torch.Tensor:
+        return self.decode(enc, out=out)
+
+    def decode(self, enc: EncodedTensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        enc = enc.unpack()
+        t = enc.tensors
+        gs = enc.meta["group_size"]
+        return decode_grouped_codes(
+            t["codes"], t["widths"], t["range"], gs, enc.shape, enc.dtype, out=out
+        )
+
+
+# ------------------------------------------------------------------------------------ lsq
+def lsq_bounds(bits: int) -> tuple[int, int]:
+    """The signed integer range ``(-2**(b-1), 2**(b-1) - 1)`` of LSQ codes.
+
+    >>> lsq_bounds(4), lsq_bounds(1)
+    ((-8, 7), (-1, 0))
+    """
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
+def encode_lsq(
+    weight: torch.Tensor, scale: torch.Tensor, bits: int, name: str = "weight"
+) -> EncodedTensor:
+    """Symmetric signed codes of ``weight`` for step size ``scale`` (unpacked encoding).
+
+    >>> enc = encode_lsq(torch.tensor([-1.0, 0.1, 0.4, 9.0]), torch.tensor(0.25), 3)
+    >>> enc.tensors["codes"].tolist(), enc.decode().tolist()
+    ([0, 4, 6, 7], [-1.0, 0.0, 0.5, 0.75])
+    """
+    _check_weight(weight, name)
+    _finite_range(weight, name)
+    cdt = compute_dtype(weight.dtype)
+    s = scale.detach().to(cdt).reshape(())
+    if not bool(torch.isfinite(s)) or not bool(s > 0):
+        raise ValueError(f"{name}: the LSQ step size must be finite and > 0, got {float(s)}")
+    qn, qp = lsq_bounds(bits)
+    flat = weight.detach().reshape(-1)
+    n = flat.numel()
+    codes = torch.empty(n, dtype=codes_dtype(bits), device=flat.device)
+    step = _chunk(n, 1, flat.device)
+    buf = torch.empty(min(step, n), dtype=cdt, device=flat.device)
+    for start in range(0, n, step):
+        b = buf[: min(n, start + step) - start]
+        b.copy_(flat[start : start + step])
+        b.div_(s).clamp_(qn, qp).round_().sub_(qn)
+        codes[start : start + step] = b
+    return EncodedTensor(
+        "lsq", tuple(weight.shape), weight.dtype, {"bits": bits}, {"codes": codes, "scale": s}
+    )
+
+
+def decode_lsq_codes(
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    bits: int,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``(codes - 2**(bits-1)) * scale`` with ``shape`` and ``dtype`` (into ``out``).
+
+    >>> codes = torch.tensor([0, 4, 7], dtype=torch.uint8)
+    >>> decode_lsq_codes(codes, torch.tensor(0.5), 3, (3,), torch.float32)
+    tensor([-2.0000,  0.0000,  1.5000])
+    """
+    qn, _ = lsq_bounds(bits)
+
+    def fill(flat: torch.Tensor) -> None:
+        n = codes.numel()
+        step = _chunk(n, 1, flat.device)
+        for start in range(0, n, step):
+            o = flat[start : start + step]
+            o.copy_(codes[start : start + step])
+            o.add_(qn).mul_(scale)
+
+    enc_like = EncodedTensor("lsq", shape, dtype, {}, {"codes": codes})
+    return _decode_with(enc_like, out, fill)
+
+
+class LSQCodec(Codec):
+    """Symmetric codes with one learned step size (``tensors["scale"]``).
+
+    >>> enc = encode_lsq(torch.tensor([-1.0, 0.5, 0.75]), torch.tensor(0.25), 3)
+    >>> LSQCodec().decode(LSQCodec().pack(enc)).tolist()
+    [-1.0, 0.5, 0.75]
+    """
+
+    scheme = "lsq"
+
+    def validate(self, enc: EncodedTensor) -> None:
+        bits = self.meta_int(enc, "bits", 1, MAX_BITS)
+        scale = self.require(enc, "scale", _RANGE_DTYPES, 1)
+        if not bool(torch.isfinite(scale).all()):
+            raise FormatError("'lsq' scale is not finite")
+        if enc.packed:
+            self.require(enc, "codes", (torch.uint8,), packed_nbytes(enc.numel, bits))
+        else:
+            self.require(enc, "codes", _CODE_DTYPES, enc.numel)
+
+    def pack(self, enc: EncodedTensor) -> EncodedTensor:
+        packed = pack_bits(enc.tensors["codes"], enc.meta["bits"], check=False)
+        return EncodedTensor(
+            enc.scheme, enc.shape, enc.dtype, dict(enc.meta),
+            {"codes": packed, "scale": enc.tensors["scale"]}, packed=True,
+        )  # fmt: skip
+
+    def unpack(self, enc: EncodedTensor) -> EncodedTensor:
+        bits = enc.meta["bits"]
+        codes = unpack_bits(enc.tensors["codes"], bits, enc.numel, dtype=codes_dtype(bits))
+        return EncodedTensor(
+            enc.scheme, enc.shape, enc.dtype, dict(enc.meta),
+            {"codes": codes, "scale": enc.tensors["scale"]}, packed=False,
+        )  # fmt: skip
+
+    def decode_into(self, enc: EncodedTensor, out: torch.Tensor) -> torch.Tensor:
+        return self.decode(enc, out=out)
+
+    def decode(self, enc: EncodedTensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        enc = enc.unpack()
+        scale = enc.tensors["scale"].reshape(())
+        t = enc.tensors
+        return decode_lsq_codes(t["codes"], scale, enc.meta["bits"], enc.shape, enc.dtype, out=out)
+
+
+for _codec in (FloatCodec(), UniformCodec(), GroupedCodec(), LSQCodec()):
+    register_codec(_codec)

@@ -1,0 +1,445 @@
+"""DiffQ: learned bits per group of weights through pseudo quantization noise.
+
+Défossez, Adi and Synnaeve, "Differentiable Model Compression via Pseudo
+Quantization Noise" (TMLR 2022, arXiv 2104.09987).
+
+For a quantized tensor ``W`` split into groups of ``group_size`` consecutive
+entries, each group ``g`` has a logit ``l_g`` and ``t_g = sigmoid(l_g)``:
+
+* ``param="bits"``: ``b_g = min_bits + (max_bits - min_bits) * t_g`` and the noise
+  scale is ``u_g = 1 / (2**b_g - 1)``;
+* ``param="noise"``: ``u_g = exp(t_g * log(u_min) + (1 - t_g) * log(u_max))`` with
+  ``u_min = 1 / (2**max_bits - 1)``, ``u_max = 1 / (2**min_bits - 1)``, and
+  ``b_g = log2(1 + 1 / u_g)``.
+
+A training forward uses ``W + Delta_g * eps`` with ``Delta_g = (max W - min W) * u_g``
+(the quantization step at ``b_g`` bits) and ``eps`` drawn afresh each forward from
+``N(0, 1/4)`` (``noise="gaussian"``, variance ``Delta_g**2 / 4``) or ``U(-1/2, 1/2)``
+(``noise="uniform"``, variance ``Delta_g**2 / 12``). Gradients reach ``W`` (also
+through the range) and the logits. Stored (and eval-mode) weights are min-max
+quantized with ``clamp(round(b_g + extra_bits), 1, 16)`` bits per group.
+
+The size penalty :meth:`DiffQuantizer.model_size` counts, per quantized tensor,
+``group_size * sum_g (b_g + extra_bits)`` bits for the codes, the range (two
+floats), and ``ceil(log2(1 + max_g w_g - min_g w_g))`` bits per group to store
+the rounded widths ``w_g``; unquantized parameters and buffers add their bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from optiquant.io.bitpack import MAX_BITS, grouped_nbytes, packed_nbytes
+from optiquant.quant.base import BaseQuantizer, QuantizedParam, _tensor_key, module_param
+from optiquant.quant.codecs import compute_dtype, encode_grouped
+from optiquant.quant.config import DiffQConfig
+from optiquant.quant.encoded import EncodedTensor
+
+__all__ = ["DiffQuantizer", "pseudo_quantization_noise"]
+
+
+def _arg_extreme(flat: torch.Tensor, largest: bool, width: int = 256) -> torch.Tensor:
+    """Index of a maximum (or minimum) of 1-D ``flat``: best row first, then within it."""
+    arg = torch.argmax if largest else torch.argmin
+    rows = flat.numel() // width
+    if rows < 2:
+        return arg(flat)
+    body = flat[: rows * width].view(rows, width)
+    row = arg(body.amax(1) if largest else body.amin(1)).reshape(1)
+    best = row[0] * width + arg(body.index_select(0, row).view(-1))
+    if rows * width == flat.numel():
+        return best
+    tail = rows * width + arg(flat[rows * width :])
+    better = flat[tail] > flat[best] if largest else flat[tail] < flat[best]
+    return torch.where(better, tail, best)
+
+
+def _extremes(flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``(min, max, argmin, argmax)`` of 1-D ``flat``."""
+    lo, hi = torch.aminmax(flat)
+    return lo, hi, _arg_extreme(flat, False), _arg_extreme(flat, True)
+
+
+class _PseudoQuantNoise(torch.autograd.Function):
+    """``W + (max W - min W) * u_g * factor * eps`` with the gradients to ``W`` and ``u``.
+
+    Groups are ``ceil(numel / groups)`` consecutive entries; the last may be shorter.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        weight: torch.Tensor,
+        scale: torch.Tensor,
+        eps: torch.Tensor,
+        factor: float,
+    ) -> torch.Tensor:
+        groups = scale.numel()
+        flat = weight.reshape(-1)
+        n = flat.numel()
+        gs = -(-n // groups)
+        full = (n // gs) * gs
+        lo, hi, imin, imax = _extremes(flat.detach())
+        span = (hi - lo).to(scale.dtype)
+        amp = (scale * (span * factor)).to(weight.dtype)
+        eps = eps.reshape(-1)
+        out = torch.empty_like(flat)
+        torch.addcmul(
+            flat[:full].view(-1, gs),
+            eps[:full].view(-1, gs),
+            amp[: full // gs].unsqueeze(1),
+            out=out[:full].view(-1, gs),
+        )
+        if full < n:
+            torch.addcmul(flat[full:], eps[full:], amp[-1], out=out[full:])
+        ctx.save_for_backward(eps, scale, span, imin.to(flat.device), imax.to(flat.device))
+        ctx.factor = factor
+        ctx.layout = (gs, full, n)
+        return out.view(weight.shape)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        eps, scale, span, imin, imax = ctx.saved_tensors
+        gs, full, n = ctx.layout
+        g = grad.reshape(-1)
+        if gs == 1:
+            proj = g * eps
+        else:
+            # Per-group sums of g * eps as a matrix-vector product (faster than a reduction).
+            ones = torch.ones(gs, dtype=g.dtype, device=g.device)
+            proj = torch.mv((g[:full] * eps[:full]).view(-1, gs), ones)
+            if full < n:
+                proj = torch.cat([proj, torch.dot(g[full:], eps[full:]).reshape(1)])
+        proj = proj.to(scale.dtype).mul_(ctx.factor)
+        grad_scale = proj * span if ctx.needs_input_grad[1] else None
+        grad_w = None
+        if ctx.needs_input_grad[0]:
+            # Through the range: d out / d max = u_g * factor * eps = -d out / d min.
+            d_span = torch.dot(proj, scale).to(grad.dtype)
+            grad_w = grad.clone()
+            flat = grad_w.view(-1)
+            flat.index_add_(0, imax.reshape(1), d_span.reshape(1))
+            flat.index_add_(0, imin.reshape(1), -d_span.reshape(1))
+        return grad_w, grad_scale, None, None
+
+
+_FACTORS = {"gaussian": 0.5, "uniform": 1.0}
+
+
+class _BitsNoiseScale(torch.autograd.Function):
+    """``u = 1 / (2**b - 1)`` with ``b = low + span * sigmoid(logit)``, in few passes."""
+
+    @staticmethod
+    def forward(ctx: Any, logit: torch.Tensor, low: float, span: float) -> torch.Tensor:
+        t = torch.sigmoid(logit)
+        ln2 = math.log(2.0)
+        u = torch.add(t, low / span, alpha=1.0).mul_(span * ln2).expm1_().reciprocal_()
+        ctx.save_for_backward(t, u)
+        ctx.coef = -span * ln2
+        return u
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        t, u = ctx.saved_tensors
+        # du/dl = -ln2 * span * u * (1 + u) * t * (1 - t)
+        out = torch.addcmul(u, u, u).mul_(grad)
+        out.mul_(t).mul_(1.0 - t).mul_(ctx.coef)
+        return out, None, None
+
+
+def _fresh_noise(kind: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    eps = torch.empty(numel, dtype=dtype, device=device)
+    return eps.normal_() if kind == "gaussian" else eps.uniform_(-0.5, 0.5)
+
+
+_TABLE_BITS = 16
+_TABLES: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _noise_table(kind: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``2**16`` equiprobable values of the standard noise (quantiles at ``(k + 1/2) / 2**16``)."""
+    key = (kind, dtype, device)
+    table = _TABLES.get(key)
+    if table is None:
+        levels = 2**_TABLE_BITS
+        probs = (torch.arange(levels, dtype=torch.float64) + 0.5) / levels
+        if kind == "gaussian":
+            values = torch.special.ndtri(probs)
+            values = values / values.square().mean().sqrt()  # exactly unit variance
+        else:
+            values = probs - 0.5
+        table = _TABLES[key] = values.to(dtype=dtype, device=device)
+    return table
+
+
+class QuantileNoise:
+    """Independent noise samples from 16 random bits each, through a quantile table.
+
+    Each sample is one of ``2**16`` equiprobable quantiles of ``N(0, 1)`` (rescaled
+    to unit variance) or of ``U(-1/2, 1/2)``: i.i.d. across weights and steps, with
+    the exact variance, at a fraction of the cost of ``normal_``/``uniform_``.
+    """
+
+    def __init__(self, kind: str) -> None:
+        if kind not in _FACTORS:
+            raise ValueError(f"noise must be one of {sorted(_FACTORS)}, got {kind!r}")
+        self.kind = kind
+        self._words: torch.Tensor | None = None
+        self._index: torch.Tensor | None = None
+
+    def draw(self, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """``numel`` noise samples (a new tensor)."""
+        nwords = -(-numel // 4)
+        words, index = self._words, self._index
+        if words is None or index is None or words.numel() < nwords or words.device != device:
+            words = self._words = torch.empty(nwords, dtype=torch.int64, device=device)
+            index = self._index = torch.empty(4 * nwords, dtype=torch.int32, device=device)
+        words = words[:nwords].random_(-(2**63), 2**63 - 1)
+        idx = index[:numel]
+        idx.copy_(words.view(torch.int16)[:numel]).bitwise_and_(0xFFFF)
+        return _noise_table(self.kind, dtype, device).index_select(0, idx)
+
+
+def pseudo_quantization_noise(
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    noise: str = "gaussian",
+    eps: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``weight`` plus DiffQ's noise for per-group noise scales ``scale`` (one per group).
+
+    ``eps`` (standard samples, one per weight) defaults to a fresh draw. Differentiable
+    with respect to ``weight`` (also through its range) and ``scale``.
+
+    >>> w = torch.linspace(-1, 1, 8)
+    >>> out = pseudo_quantization_noise(w, torch.zeros(4))
+    >>> torch.equal(out, w)
+    True
+    """
+    if noise not in _FACTORS:
+        raise ValueError(f"noise must be 'gaussian' or 'uniform', got {noise!r}")
+    n, groups = weight.numel(), scale.numel()
+    if scale.dim() != 1 or not 0 < groups <= max(n, 1) or -(-n // -(-n // groups)) != groups:
+        raise ValueError(
+            f"scale must be 1-D with one entry per group of ceil({n} / {groups}) weights"
+        )
+    if eps is None:
+        eps = _fresh_noise(noise, weight.numel(), weight.dtype, weight.device)
+    elif eps.numel() != weight.numel():
+        raise ValueError(f"eps must have {weight.numel()} entries, got {eps.numel()}")
+    return _PseudoQuantNoise.apply(weight, scale, eps, _FACTORS[noise])
+
+
+class DiffQuantizer(BaseQuantizer):
+    """Learn the bits of each group of weights; see the module docstring for the math.
+
+    Options match DiffQ's: ``group_size`` (0: one width per tensor; a last, partial
+    group is allowed and stored padded), ``min_bits``, ``max_bits``, ``param``,
+    ``noise``, ``init_bits``, ``extra_bits`` and ``suffix`` (the logits are
+    registered on each module as ``<name><suffix>``), plus the shared
+    ``min_size``, ``float16``, ``exclude`` and ``detect_bound``.
+
+    >>> model = torch.nn.Linear(256, 32)
+    >>> quantizer = DiffQuantizer(model, group_size=8, min_size=0)
+    >>> optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    >>> quantizer.setup_optimizer(optimizer)
+    >>> loss = model(torch.randn(4, 256)).square().mean() + 1e-3 * quantizer.model_size()
+    >>> loss.backward()
+    >>> model.weight_diffq.grad.shape
+    torch.Size([1024])
+    """
+
+    scheme = "grouped"
+    _has_params = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        min_size: float = 0.01,
+        float16: bool = False,
+        group_size: int = 1,
+        min_bits: float = 2,
+        max_bits: float = 15,
+        param: str = "bits",
+        noise: str = "gaussian",
+        init_bits: float = 8,
+        extra_bits: float = 0,
+        suffix: str = "_diffq",
+        exclude: Any = (),
+        detect_bound: bool = True,
+        fast_noise: bool = False,
+    ) -> None:
+        config = DiffQConfig(
+            min_size=min_size,
+            float16=float16,
+            exclude=exclude,
+            detect_bound=detect_bound,
+            group_size=group_size,
+            min_bits=min_bits,
+            max_bits=max_bits,
+            param=param,
+            noise=noise,
+            init_bits=init_bits,
+            extra_bits=extra_bits,
+            suffix=suffix,
+            fast_noise=fast_noise,
+        )
+        self.config: DiffQConfig = config
+        self._noise = QuantileNoise(config.noise)
+        super().__init__(model, config)
+
+    # ------------------------------------------------------------------ parametrisation
+    @property
+    def suffix(self) -> str:
+        """Suffix of the logit parameters' names."""
+        return self.config.suffix
+
+    def _group_size(self, qp: QuantizedParam) -> int:
+        n = qp.tensor().numel()
+        return min(self.config.group_size or n, max(n, 1))
+
+    def _logit_init(self) -> float:
+        cfg = self.config
+        if cfg.param == "bits":
+            t = (cfg.init_bits - cfg.min_bits) / (cfg.max_bits - cfg.min_bits)
+        else:
+            u_min, u_max = self._noise_bounds()
+            u = 1.0 / (2.0**cfg.init_bits - 1.0)
+            t = (math.log(u) - math.log(u_max)) / (math.log(u_min) - math.log(u_max))
+        return math.log(t / (1.0 - t))
+
+    def _noise_bounds(self) -> tuple[float, float]:
+        cfg = self.config
+        return 1.0 / (2.0**cfg.max_bits - 1.0), 1.0 / (2.0**cfg.min_bits - 1.0)
+
+    def get_bits(self, logit: torch.Tensor) -> torch.Tensor:
+        """Continuous bits (before ``extra_bits``) for ``logit`` values (differentiable)."""
+        cfg = self.config
+        t = torch.sigmoid(logit)
+        if cfg.param == "bits":
+            return t * (cfg.max_bits - cfg.min_bits) + cfg.min_bits
+        return torch.log2(1.0 + 1.0 / self.get_noise_scale(logit))
+
+    def get_noise_scale(self, logit: torch.Tensor) -> torch.Tensor:
+        """Noise scale ``u = Delta / (max W - min W)`` for ``logit`` values (differentiable)."""
+        cfg = self.config
+        if cfg.param == "bits":
+            return _BitsNoiseScale.apply(logit, cfg.min_bits, cfg.max_bits - cfg.min_bits)
+        t = torch.sigmoid(logit)
+        u_min, u_max = self._noise_bounds()
+        log_u = t * (math.log(u_min) - math.log(u_max)) + math.log(u_max)
+        return torch.exp(log_u)
+
+    def _logit_for_bits(self, bits: torch.Tensor) -> torch.Tensor:
+        """Logits whose continuous bits are ``bits`` (clamped inside the open range)."""
+        cfg = self.config
+        span = cfg.max_bits - cfg.min_bits
+        bits = bits.clamp(cfg.min_bits + 1e-3 * span, cfg.max_bits - 1e-3 * span)
+        if cfg.param == "bits":
+            t = (bits - cfg.min_bits) / span
+        else:
+            u_min, u_max = self._noise_bounds()
+            u = 1.0 / torch.expm1(bits * math.log(2.0))
+            t = (torch.log(u) - math.log(u_max)) / (math.log(u_min) - math.log(u_max))
+        return torch.log(t / (1.0 - t))
+
+    # ---------------------------------------------------------------------- parameters
+    def _param_names(self, qp: QuantizedParam) -> list[str]:
+        return [qp.param_name + self.suffix]
+
+    def _logit(self, qp: QuantizedParam, module: nn.Module | None = None) -> torch.Tensor:
+        first = qp.first
+        owner = module if (module is not None and qp.other is None) else first.module
+        return module_param(owner, first.param_name + self.suffix)
+
+    def _register_param(self, qp: QuantizedParam) -> None:
+        weight = qp.tensor()
+        gs = self._group_size(qp)
+        groups = -(-weight.numel() // gs)
+        value = torch.full(
+            (groups,), self._logit_init(), dtype=compute_dtype(weight.dtype), device=weight.device
+        )
+        self._add_param(qp, self.suffix, value)
+
+    def _optimizer_defaults(self) -> dict[str, Any]:
+        return {"lr": 1e-3, "weight_decay": 0.0}
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        if group.get("weight_decay", 0.0) != 0.0:
+            raise ValueError(
+                "DiffQ's bits parameters are never weight-decayed: weight_decay must be 0"
+            )
+
+    # ------------------------------------------------------------------------ forward
+    def _train_weight(self, qp: QuantizedParam, module: nn.Module) -> torch.Tensor | None:
+        weight = qp.tensor(module if qp.other is None else None)
+        scale = self.get_noise_scale(self._logit(qp, module))
+        kind = self.config.noise
+        if self.config.fast_noise:
+            eps = self._noise.draw(weight.numel(), weight.dtype, weight.device)
+        else:
+            eps = _fresh_noise(kind, weight.numel(), weight.dtype, weight.device)
+        return _PseudoQuantNoise.apply(weight, scale, eps, _FACTORS[kind])
+
+    def _widths(self, qp: QuantizedParam) -> torch.Tensor:
+        with torch.no_grad():
+            bits = self.get_bits(self._logit(qp)) + self.config.extra_bits
+            return bits.round_().clamp_(1, MAX_BITS).to(torch.uint8)
+
+    def get_widths(self) -> dict[str, torch.Tensor]:
+        """Rounded bits per group (what is stored), by parameter name."""
+        self._check_live()
+        return {qp.name: self._widths(qp) for qp in self._firsts()}
+
+    def _extra_key(self, qp: QuantizedParam) -> tuple[Any, ...]:
+        return _tensor_key(self._logit(qp))
+
+    def _encode(self, qp: QuantizedParam, weight: torch.Tensor) -> EncodedTensor:
+        return encode_grouped(weight, self._widths(qp), self._group_size(qp), qp.name)
+
+    def _load_encoded(self, qp: QuantizedParam, enc: EncodedTensor) -> None:
+        widths = enc.tensors["widths"].to(self._logit(qp).dtype)
+        target = widths - self.config.extra_bits
+        with torch.no_grad():
+            self._logit(qp).copy_(self._logit_for_bits(target))
+
+    # -------------------------------------------------------------------------- sizes
+    def _range_nbytes(self, qp: QuantizedParam) -> int:
+        return 2 * torch.empty((), dtype=compute_dtype(qp.tensor().dtype)).element_size()
+
+    def _width_bits(self, logit: torch.Tensor) -> torch.Tensor:
+        """Bits per group storing the rounded widths (bits grow with the logit)."""
+        with torch.no_grad():
+            ends = self.get_bits(torch.stack(torch.aminmax(logit))) + self.config.extra_bits
+            low, high = ends.round_().clamp_(1, MAX_BITS)
+            return torch.ceil(torch.log2(high - low + 1.0))
+
+    def _quantized_bits(self, qp: QuantizedParam, exact: bool) -> torch.Tensor:
+        gs = self._group_size(qp)
+        logit = self._logit(qp)
+        cfg = self.config
+        if exact:
+            total = self._widths(qp).sum(dtype=logit.dtype)
+        elif cfg.param == "bits":
+            # sum_g b_g = G * min_bits + (max_bits - min_bits) * sum_g sigmoid(l_g)
+            total = torch.sigmoid(logit).sum() * (cfg.max_bits - cfg.min_bits)
+            total = total + logit.numel() * (cfg.min_bits + cfg.extra_bits)
+        else:
+            total = (self.get_bits(logit) + cfg.extra_bits).sum()
+        width_bits = self._width_bits(logit)
+        return total * gs + width_bits * logit.numel() + 8.0 * self._range_nbytes(qp)
+
+    def _quantized_nbytes(self, qp: QuantizedParam) -> int:
+        gs = self._group_size(qp)
+        widths = self._widths(qp)
+        low, high = (int(v) for v in torch.aminmax(widths))
+        width_bits = 0 if high == low else (high - low).bit_length()
+        return (
+            grouped_nbytes(widths, gs)
+            + packed_nbytes(widths.numel(), width_bits)
+            + self._range_nbytes(qp)
+        )
