@@ -140,6 +140,20 @@ def _with_direct(
     return GradientTransformation(generic.init, generic.update, apply_fused)
 
 
+def _decay_split(
+    maximize: bool, weight_decay: Any, decoupled: bool, foreach: bool | None, mask: Any = None
+) -> tuple[GradientTransformation, GradientTransformation, Any, Any]:
+    """The transformations before and after the preconditioner for ``weight_decay``.
+
+    Coupled decay (torch.optim's L2) joins the sign flip before the preconditioner;
+    decoupled decay is added after it. Also returns the (coupled, decoupled) amounts.
+    """
+    coupled_wd, decoupled_wd = (0.0, weight_decay) if decoupled else (weight_decay, 0.0)
+    pre = _sign_and_decay(maximize, coupled_wd, foreach)
+    post = add_decayed_weights(weight_decay, mask, foreach=foreach) if decoupled else identity()
+    return pre, post, coupled_wd, decoupled_wd
+
+
 def _check_common(lr: Any, eps: Any | None, weight_decay: Any) -> None:
     check_scalar_or_schedule(lr, "lr")
     if eps is not None:
@@ -256,7 +270,7 @@ def _adam_like(
     b1, b2 = check_betas(betas)
     check_bool(maximize, "maximize")
     check_bool(amsgrad, "amsgrad")
-    pre = _sign_and_decay(maximize, 0.0 if decoupled else weight_decay, foreach)
+    pre, post, _, _ = _decay_split(maximize, weight_decay, decoupled, foreach, mask)
     core = scale_by_adam(
         b1,
         b2,
@@ -267,7 +281,6 @@ def _adam_like(
         amsgrad=amsgrad,
         foreach=foreach,
     )
-    post = add_decayed_weights(weight_decay, mask, foreach=foreach) if decoupled else identity()
     generic = chain(pre, core, post, _neg_lr(lr, foreach))
     numbers = [_fused.as_float(x) for x in (b1, b2, eps, weight_decay)]
     one_node = (
@@ -604,9 +617,8 @@ def radam(
     """
     _check_common(lr, eps, weight_decay)
     b1, b2 = check_betas(betas)
-    pre = _sign_and_decay(maximize, 0.0 if decoupled_weight_decay else weight_decay, foreach)
-    post = (
-        add_decayed_weights(weight_decay, foreach=foreach) if decoupled_weight_decay else identity()
+    pre, post, coupled_wd, decoupled_wd = _decay_split(
+        maximize, weight_decay, decoupled_weight_decay, foreach
     )
     generic = chain(
         pre,
@@ -643,8 +655,8 @@ def radam(
         lambda st: [st[1].mu, st[1].nu, st[1].count],
         3,
         maximize,
-        0.0 if decoupled_weight_decay else weight_decay,
-        weight_decay if decoupled_weight_decay else 0.0,
+        coupled_wd,
+        decoupled_wd,
         run,
     )
 
@@ -672,9 +684,8 @@ def nadam(
     """
     _check_common(lr, eps, weight_decay)
     b1, b2 = check_betas(betas)
-    pre = _sign_and_decay(maximize, 0.0 if decoupled_weight_decay else weight_decay, foreach)
-    post = (
-        add_decayed_weights(weight_decay, foreach=foreach) if decoupled_weight_decay else identity()
+    pre, post, coupled_wd, decoupled_wd = _decay_split(
+        maximize, weight_decay, decoupled_weight_decay, foreach
     )
     generic = chain(
         pre,
@@ -715,8 +726,8 @@ def nadam(
         lambda st: [st[1].mu, st[1].nu, st[1].count, st[1].mu_product],
         3,
         maximize,
-        0.0 if decoupled_weight_decay else weight_decay,
-        weight_decay if decoupled_weight_decay else 0.0,
+        coupled_wd,
+        decoupled_wd,
         run,
     )
 

@@ -393,7 +393,7 @@ class BaseQuantizer:
 
     def _encode(self, qp: QuantizedParam, weight: torch.Tensor) -> EncodedTensor:
         """Unpacked encoding of ``weight`` (the current value of ``qp``)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define _encode()")
 
     def _quantized_bits(self, qp: QuantizedParam, exact: bool) -> torch.Tensor:
         """Stored bits of ``qp`` (differentiable where the quantizer learns its size)."""

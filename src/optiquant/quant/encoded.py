@@ -247,7 +247,7 @@ class Codec:
 
     def decode(self, enc: EncodedTensor) -> torch.Tensor:
         """Decode an encoding of this scheme (packed ones are unpacked first)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define decode()")
 
     def decode_into(self, enc: EncodedTensor, out: torch.Tensor) -> torch.Tensor:
         """Decode ``enc`` into ``out`` (same shape, any float dtype) and return ``out``.
