@@ -57,6 +57,20 @@ def functional_step(
     return step
 
 
+def one_call_step(
+    make_tx: Callable[[], oq.GradientTransformation], shape: str
+) -> Callable[[], object]:
+    params = make_tensors(shape)
+    grads = [torch.randn_like(p) * 1e-2 for p in params]
+    tx = make_tx()
+    state = [tx.init(params)]
+
+    def step() -> None:
+        _, state[0] = oq.update_and_apply(tx, grads, state[0], params)
+
+    return step
+
+
 def torchopt_step(shape: str) -> Callable[[], object]:
     import torchopt
 
@@ -118,6 +132,9 @@ def main() -> None:
             ),
             "optiquant.Adam (class)": class_step(oq.Adam, shape, lr=1e-3),
             "optiquant.adam (functional, inplace)": functional_step(lambda: oq.adam(1e-3), shape),
+            "optiquant.update_and_apply(adam) (functional, inplace, one call)": one_call_step(
+                lambda: oq.adam(1e-3), shape
+            ),
             "optiquant chain(scale_by_adam, scale) (foreach)": functional_step(
                 lambda: oq.chain(oq.scale_by_adam(), oq.scale(-1e-3)), shape
             ),

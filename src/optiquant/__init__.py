@@ -35,6 +35,7 @@ from optiquant.optim import (
     rmsprop,
     schedule,
     sgd,
+    update_and_apply,
 )
 from optiquant.optim import transform as transform
 from optiquant.optim.transform import (
@@ -105,4 +106,5 @@ __all__ = [
     "schedule",
     "sgd",
     "trace",
+    "update_and_apply",
 ]

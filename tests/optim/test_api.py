@@ -234,3 +234,23 @@ def test_none_leaves_are_frozen() -> None:
     updates, state = tx.update({"a": torch.ones(2), "b": None}, state, params)
     assert updates["b"] is None
     assert oq.apply_updates(params, updates)["b"] is None
+
+
+def test_update_and_apply_rejects_bad_input() -> None:
+    params = {"w": torch.ones(3)}
+    with pytest.raises(TypeError, match="transformation must be a GradientTransformation"):
+        oq.update_and_apply(lambda g: g, params, (), params)  # type: ignore[arg-type]
+    tx = oq.adam(lr=0.1)
+    state = tx.init(params)
+    with pytest.raises(ValueError, match="same structure"):
+        oq.update_and_apply(tx, {"w": torch.ones(3), "b": torch.ones(1)}, state, params)
+
+
+def test_update_and_apply_is_differentiable_out_of_place() -> None:
+    w0 = torch.tensor([2.0], dtype=torch.float64, requires_grad=True)
+    tx = oq.sgd(lr=0.1)
+    params, _ = oq.update_and_apply(tx, [2 * w0], tx.init([w0]), [w0], inplace=False)
+    # w1 = w0 - 0.1 * 2 w0 = 0.8 w0
+    (grad,) = torch.autograd.grad(params[0].sum(), w0)
+    assert float(grad) == pytest.approx(0.8, abs=1e-15)
+    assert float(w0.detach()) == 2.0

@@ -179,7 +179,12 @@ def reference_trajectory(row: Row, dtype: torch.dtype) -> dict[str, torch.Tensor
 
 
 def functional_trajectory(
-    row: Row, dtype: torch.dtype, *, foreach: bool | None, inplace: bool = True
+    row: Row,
+    dtype: torch.dtype,
+    *,
+    foreach: bool | None,
+    inplace: bool = True,
+    one_call: bool = False,
 ):
     params = mlp_params(dtype=dtype)
     tx = row.alias(**row.kwargs, foreach=foreach)
@@ -189,8 +194,11 @@ def functional_trajectory(
         grads = dict(
             zip(leaves, torch.autograd.grad(mlp_loss(leaves, step), list(leaves.values())))
         )
-        updates, state = tx.update(grads, state, params, inplace=inplace)
-        params = oq.apply_updates(params, updates, inplace=inplace)
+        if one_call:
+            params, state = oq.update_and_apply(tx, grads, state, params, inplace=inplace)
+        else:
+            updates, state = tx.update(grads, state, params, inplace=inplace)
+            params = oq.apply_updates(params, updates, inplace=inplace)
         if not inplace:
             params = {k: v.detach() for k, v in params.items()}
             state = _detach(state)
@@ -269,3 +277,31 @@ def test_differentiable_path_matches_inplace_path(row: Row) -> None:
         row,
         dtype,
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("row", REGISTRY, ids=IDS)
+def test_update_and_apply_matches_torch(row: Row, dtype: torch.dtype) -> None:
+    _compare(
+        functional_trajectory(row, dtype, foreach=None, one_call=True),
+        reference_trajectory(row, dtype),
+        row,
+        dtype,
+    )
+
+
+@pytest.mark.parametrize("make", [oq.adam, oq.adamw, oq.sgd, oq.adagrad], ids=lambda f: f.__name__)
+def test_update_and_apply_takes_the_fused_step(make: Callable[..., Any]) -> None:
+    """On CPU tensors with plain-number hyperparameters no separate update is computed."""
+    params = mlp_params()
+    tx = make(lr=0.01)
+
+    def no_update(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the two-pass path ran")
+
+    fused_only = tx._replace(update=no_update)
+    state = tx.init(params)
+    grads = {k: torch.ones_like(v) for k, v in params.items()}
+    before = {k: v.clone() for k, v in params.items()}
+    params, state = oq.update_and_apply(fused_only, grads, state, params)
+    assert all(not torch.equal(params[k], before[k]) for k in params)

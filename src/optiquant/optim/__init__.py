@@ -18,7 +18,7 @@ from optiquant.optim.torch_optim import (
     RMSProp,
     RMSprop,
 )
-from optiquant.optim.update import apply_updates
+from optiquant.optim.update import apply_updates, update_and_apply
 
 __all__ = [
     "SGD",
@@ -51,4 +51,5 @@ __all__ = [
     "schedule",
     "sgd",
     "transform",
+    "update_and_apply",
 ]

@@ -42,7 +42,7 @@ def has_dtensor(tensors: list[torch.Tensor]) -> bool:
         return False
     from torch.distributed.tensor import DTensor
 
-    return any(isinstance(t, DTensor) for t in tensors)
+    return any(issubclass(kind, DTensor) for kind in set(map(type, tensors)))
 
 
 def cancelling_decay(lr: float) -> float | None:

@@ -41,7 +41,7 @@ from optiquant.optim.transform import (
     trace,
 )
 from optiquant.optim.transform._adam_autograd import adam_direction
-from optiquant.optim.transform._ops import Selection
+from optiquant.optim.transform._ops import Selection, new_counts
 from optiquant.tree import tree_leaves
 
 __all__ = ["adagrad", "adam", "adamax", "adamw", "lion", "nadam", "radam", "rmsprop", "sgd"]
@@ -303,8 +303,7 @@ def _adam_like(
         )
         if not sel.indices:
             return updates, state
-        counts = [c + 1.0 for c in sel.state(2)]
-        steps = [float(c) for c in counts]
+        counts, steps = new_counts(sel.state(2), inplace=False)
         fb1, fb2 = float(b1), float(b2)  # type: ignore[arg-type]
         mus, nus, out = adam_direction(
             sel.updates,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from optiquant._typing import Params, Updates
+from optiquant._typing import OptState, Params, Updates
+from optiquant.optim.base import GradientTransformation
 from optiquant.tree import tree_flatten, tree_leaves, tree_unflatten
 
-__all__ = ["apply_updates"]
+__all__ = ["apply_updates", "update_and_apply"]
 
 
 def apply_updates(params: Params, updates: Updates, *, inplace: bool = True) -> Params:
@@ -49,3 +52,47 @@ def apply_updates(params: Params, updates: Updates, *, inplace: bool = True) -> 
     for i, p, u in pairs:
         out[i] = p + u
     return tree_unflatten(spec, out)
+
+
+def update_and_apply(
+    transformation: GradientTransformation,
+    grads: Updates,
+    state: OptState,
+    params: Params,
+    *,
+    inplace: bool = True,
+    **extra_args: Any,
+) -> tuple[Params, OptState]:
+    """One optimizer step: ``transformation.update`` then :func:`apply_updates`.
+
+    Returns ``(params, state)``. With ``inplace=True`` the parameters are changed in
+    place (and returned), and the gradient buffers and the state may be reused; where the
+    transformation has a fused step (``apply_fused``: Adam, AdamW, SGD, Adagrad, ... with
+    plain-number hyperparameters on the CPU) it runs as one kernel that reads and writes
+    each parameter once, instead of computing the update and adding it in a second pass.
+    With ``inplace=False`` nothing is mutated and autograd flows through the result.
+
+    >>> import torch, optiquant as oq
+    >>> params = {"w": torch.tensor([1.0, 2.0])}
+    >>> tx = oq.adam(lr=0.1)
+    >>> state = tx.init(params)
+    >>> params, state = oq.update_and_apply(tx, {"w": torch.tensor([1.0, -1.0])}, state, params)
+    >>> params["w"]
+    tensor([0.9000, 2.1000])
+    """
+    if not isinstance(transformation, GradientTransformation):
+        raise TypeError(
+            f"transformation must be a GradientTransformation, got {type(transformation).__name__}"
+        )
+    if inplace and transformation.apply_fused is not None and not extra_args:
+        n_params, n_grads = len(tree_leaves(params)), len(tree_leaves(grads))
+        if n_params != n_grads:
+            raise ValueError(
+                f"params and grads must have the same structure, got {n_params} and "
+                f"{n_grads} leaves"
+            )
+        new_state = transformation.apply_fused(params, grads, state)
+        if new_state is not None:
+            return params, new_state
+    updates, new_state = transformation.update(grads, state, params, inplace=inplace, **extra_args)
+    return apply_updates(params, updates, inplace=inplace), new_state

@@ -41,51 +41,123 @@ class AdamDirection(torch.autograd.Function):
         n: int,
         *tensors: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
+        ctx.set_materialize_grads(False)
         gs, mus, nus = list(tensors[:n]), list(tensors[n : 2 * n]), list(tensors[2 * n :])
         new_mu = list(torch._foreach_lerp(mus, gs, 1.0 - b1))
         new_nu = list(torch._foreach_mul(nus, b2))
         torch._foreach_addcmul_(new_nu, gs, gs, 1.0 - b2)
-        root = list(torch._foreach_div(new_nu, bc2))
+        root = list(torch._foreach_div(new_nu, _scalars(bc2)))
         if eps_root:
             torch._foreach_add_(root, eps_root)
         torch._foreach_sqrt_(root)
-        denom = list(torch._foreach_add(root, eps))
-        torch._foreach_mul_(denom, denom_scale)
-        direction = list(torch._foreach_div(new_mu, denom))
-        ctx.constants = (b1, b2, denom_scale, bc2, n)
-        ctx.save_for_backward(*gs, *new_mu, *root, *denom)
+        # The backward divides by the root; clamping it here to the smallest normal number
+        # changes nothing in root + eps when eps is far above it (every practical eps).
+        if root and not _clamp_is_exact(eps, root[0].dtype):
+            root_safe = list(torch._foreach_clamp_min(root, torch.finfo(root[0].dtype).tiny))
+        else:
+            torch._foreach_clamp_min_(root, torch.finfo(root[0].dtype).tiny if root else 0.0)
+            root_safe = root
+        coupling_scale = _scalars([-0.5 * k / c2 for k, c2 in zip(denom_scale, bc2)])
+        few = n <= _FEW
+        denom = _denominator(root, eps, denom_scale)
+        if few:
+            # Few (typically large) tensors: every fresh tensor costs page faults, so the
+            # direction overwrites the denominator and the backward recomputes it.
+            direction = _quotient(new_mu, denom)
+            ctx.save_for_backward(*gs, *new_mu, *root, *root_safe)
+        else:
+            # Many small tensors: fewer passes win. w = u / s * scale turns the backward's
+            # coupling term into one product.
+            direction = list(torch._foreach_div(new_mu, denom))
+            w = list(torch._foreach_div(direction, root_safe))
+            torch._foreach_mul_(w, coupling_scale)
+            ctx.save_for_backward(*gs, *denom, *w)
+        ctx.constants = (b1, b2, eps, denom_scale, coupling_scale, n, few)
         return (*new_mu, *new_nu, *direction)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[Any, ...]:
-        b1, b2, denom_scale, bc2, n = ctx.constants
+        b1, b2, eps, denom_scale, coupling_scale, n, few = ctx.constants
         saved = ctx.saved_tensors
-        gs, new_mu, root, denom = (list(saved[k * n : (k + 1) * n]) for k in range(4))
         d_mu_out, d_nu_out, d_dir = grads[:n], grads[n : 2 * n], grads[2 * n :]
-        # t = du / (k (s + eps)), the sensitivity of u to m'
+        gs = list(saved[:n])
+        # Incoming gradients may be shared with other nodes: they are only read. The
+        # buffers allocated here are updated in place into the results.
         incoming = [torch.zeros_like(g) if d is None else d for d, g in zip(d_dir, gs)]
-        t = list(torch._foreach_div(incoming, denom))
-        if all(d is None for d in d_mu_out):
-            d_mu = t
+        if few:
+            new_mu, root, root_safe = (list(saved[k * n : (k + 1) * n]) for k in range(1, 4))
+            denom = _denominator(root, eps, denom_scale)  # recomputed exactly as in forward
+            # t = du / (k (s + eps)), the sensitivity of u to m'
+            t = list(torch._foreach_div(incoming, denom))
+            # du m' / (2 k c2 (s+eps)^2 s) = t * m' * k / (2 c2 * denom * s)
+            coupling = list(torch._foreach_mul(t, new_mu))
+            torch._foreach_div_(coupling, denom)
+            torch._foreach_div_(coupling, root_safe)
+            torch._foreach_mul_(coupling, coupling_scale)
         else:
-            d_mu = [x if d is None else x + d for x, d in zip(t, d_mu_out)]
-        # du m' / (2 k c2 (s+eps)^2 s) = t * m' * k / (2 c2 * denom * s)   (denom = k (s + eps))
-        coupling = list(torch._foreach_mul(t, new_mu))
-        torch._foreach_div_(coupling, denom)
-        safe_root = torch._foreach_clamp_min(root, torch.finfo(root[0].dtype).tiny) if root else []
-        torch._foreach_div_(coupling, safe_root)  # type: ignore[arg-type]
-        torch._foreach_mul_(coupling, [-0.5 * k / c2 for k, c2 in zip(denom_scale, bc2)])
-        if all(d is None for d in d_nu_out):
-            d_nu = coupling
+            denom, w = list(saved[n : 2 * n]), list(saved[2 * n :])
+            t = list(torch._foreach_div(incoming, denom))
+            coupling = list(torch._foreach_mul(t, w))
+        _add_present(t, d_mu_out)  # t is now d(loss)/d(m')
+        _add_present(coupling, d_nu_out)  # coupling is now d(loss)/d(v')
+        if few:
+            d_g = denom  # reuse the recomputed denominator's buffer
+            torch._foreach_zero_(d_g)
+            torch._foreach_add_(d_g, t, alpha=1.0 - b1)
         else:
-            d_nu = [c if d is None else c + d for c, d in zip(coupling, d_nu_out)]
-        d_g = list(torch._foreach_mul(d_mu, 1.0 - b1))
-        scaled = list(torch._foreach_mul(gs, 2.0 * (1.0 - b2)))
-        torch._foreach_addcmul_(d_g, scaled, d_nu)
-        d_m_prev = list(torch._foreach_mul(d_mu, b1))
-        d_v_prev = list(torch._foreach_mul(d_nu, b2))
-        return (None, None, None, None, None, None, None, *d_g, *d_m_prev, *d_v_prev)
+            d_g = list(torch._foreach_mul(t, 1.0 - b1))
+        # d_g = (1 - b1) d_m' + 2 (1 - b2) g d_v'
+        torch._foreach_addcmul_(d_g, gs, coupling, 2.0 * (1.0 - b2))
+        torch._foreach_mul_(t, b1)
+        torch._foreach_mul_(coupling, b2)
+        return (None, None, None, None, None, None, None, *d_g, *t, *coupling)
+
+
+def _denominator(
+    root: list[torch.Tensor], eps: float, denom_scale: list[float]
+) -> list[torch.Tensor]:
+    """New tensors ``k (root + eps)``."""
+    denom = list(torch._foreach_add(root, eps))
+    torch._foreach_mul_(denom, _scalars(denom_scale))
+    return denom
+
+
+def _quotient(
+    numerators: list[torch.Tensor], denominators: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """``numerators / denominators``, written over ``denominators`` when there are few.
+
+    A fresh large tensor costs page faults; for many small tensors one multi-tensor kernel
+    costs less than a Python loop.
+    """
+    if len(numerators) > _FEW:
+        return list(torch._foreach_div(numerators, denominators))
+    for num, den in zip(numerators, denominators):
+        torch.div(num, den, out=den)
+    return denominators
+
+
+_FEW = 8
+
+
+def _scalars(values: list[float]) -> float | list[float]:
+    """One scalar when all ``values`` agree (the fast kernel), else the list."""
+    first = values[0] if values else 0.0
+    return first if all(v == first for v in values) else values
+
+
+def _clamp_is_exact(eps: float, dtype: torch.dtype) -> bool:
+    """Whether ``max(s, tiny) + eps`` rounds to ``s + eps`` for every ``0 <= s < tiny``."""
+    info = torch.finfo(dtype)
+    return eps >= info.tiny * 2.0 ** (info.bits + 2)
+
+
+def _add_present(targets: list[torch.Tensor], extra: tuple[torch.Tensor | None, ...]) -> None:
+    """``targets[i] += extra[i]`` in place where ``extra[i]`` is not None."""
+    pairs = [(t, e) for t, e in zip(targets, extra) if e is not None]
+    if pairs:
+        torch._foreach_add_([t for t, _ in pairs], [e for _, e in pairs])
 
 
 def adam_direction(

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from optiquant.tree import check_tensor_leaves, tree_flatten, tree_leaves, tree_unflatten
+from optiquant.tree import check_leaves, tree_flatten, tree_leaves, tree_unflatten
 
 Tensors = list[torch.Tensor]
 ScalarArg = Any  # float | Tensor | list[float]
@@ -262,7 +262,7 @@ class Selection:
 
     def __init__(self, updates: Any, state_trees: Sequence[Any], names: Sequence[str]) -> None:
         leaves, spec = tree_flatten(updates)
-        check_tensor_leaves(updates, "updates")
+        check_leaves(leaves, "updates")
         self.spec = spec
         self.leaves = leaves
         self.indices = [i for i, leaf in enumerate(leaves) if leaf is not None]
@@ -274,7 +274,7 @@ class Selection:
                     f"updates do not match the optimizer state: {len(leaves)} update leaves but "
                     f"{len(full)} leaves in state.{name} (was the state built for other params?)"
                 )
-            if any(full[i] is None for i in self.indices):
+            if type(None) in set(map(type, full)) and any(full[i] is None for i in self.indices):
                 raise ValueError(
                     f"updates has a tensor where state.{name} has None (that parameter was "
                     "frozen when the state was built)"
@@ -313,5 +313,16 @@ def new_counts(counts: Tensors, inplace: bool) -> tuple[Tensors, list[float]]:
             torch._foreach_add_(counts, 1.0)
         out = counts
     else:
-        out = [c + 1.0 for c in counts]
-    return out, [float(c) for c in out]
+        out = list(torch._foreach_add(counts, 1.0)) if counts else []
+    return out, count_values(out)
+
+
+def count_values(counts: Tensors) -> list[float]:
+    """The values of 0-d step counters as floats (one host transfer for all)."""
+    if not counts:
+        return []
+    try:
+        values = torch.stack([c.detach() for c in counts]).tolist()
+    except RuntimeError:  # counters on several devices
+        values = [c.item() for c in counts]
+    return [float(v) for v in values]
