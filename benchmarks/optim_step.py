@@ -160,19 +160,34 @@ def main() -> None:
         print()
 
         others = [
-            ("SGD momentum=0.9", torch.optim.SGD, oq.SGD, dict(lr=1e-2, momentum=0.9), True),
-            ("AdamW", torch.optim.AdamW, oq.AdamW, dict(lr=1e-3, weight_decay=1e-2), True),
-            ("Adagrad", torch.optim.Adagrad, oq.Adagrad, dict(lr=1e-2), True),
-            ("RMSprop", torch.optim.RMSprop, oq.RMSProp, dict(lr=1e-2), False),
-            ("Adamax", torch.optim.Adamax, oq.Adamax, dict(lr=1e-3), False),
-            ("RAdam", torch.optim.RAdam, oq.RAdam, dict(lr=1e-3), False),
-            ("NAdam", torch.optim.NAdam, oq.NAdam, dict(lr=1e-3), False),
+            (
+                "SGD momentum=0.9",
+                torch.optim.SGD,
+                oq.SGD,
+                oq.sgd,
+                {"lr": 1e-2, "momentum": 0.9},
+                True,
+            ),
+            (
+                "AdamW",
+                torch.optim.AdamW,
+                oq.AdamW,
+                oq.adamw,
+                {"lr": 1e-3, "weight_decay": 0.01},
+                True,
+            ),
+            ("Adagrad", torch.optim.Adagrad, oq.Adagrad, oq.adagrad, dict(lr=1e-2), True),
+            ("RMSprop", torch.optim.RMSprop, oq.RMSProp, oq.rmsprop, dict(lr=1e-2), False),
+            ("Adamax", torch.optim.Adamax, oq.Adamax, oq.adamax, dict(lr=1e-3), False),
+            ("RAdam", torch.optim.RAdam, oq.RAdam, oq.radam, dict(lr=1e-3), False),
+            ("NAdam", torch.optim.NAdam, oq.NAdam, oq.nadam, dict(lr=1e-3), False),
         ]
         rows = []
-        for name, torch_cls, our_cls, kw, has_fused in others:
+        for name, torch_cls, our_cls, alias, kw, has_fused in others:
             v = {
                 "foreach": class_step(torch_cls, shape, foreach=True, **kw),
                 "optiquant": class_step(our_cls, shape, **kw),
+                "functional": one_call_step(lambda alias=alias, kw=kw: alias(**kw), shape),
             }
             if has_fused:
                 v["fused"] = class_step(torch_cls, shape, fused=True, **kw)
@@ -185,11 +200,21 @@ def main() -> None:
                     f"{t['fused'] * 1e3:.2f}" if "fused" in t else "n/a",
                     f"{t['optiquant'] * 1e3:.2f}",
                     f"{t['optiquant'] / best:.2f}",
+                    f"{t['functional'] * 1e3:.2f}",
+                    f"{t['functional'] / best:.2f}",
                 ]
             )
         print_table(
-            f"Other class optimizers, {label}",
-            ["optimizer", "torch foreach ms", "torch fused ms", "optiquant ms", "vs fastest torch"],
+            f"Other optimizers, {label}",
+            [
+                "optimizer",
+                "torch foreach ms",
+                "torch fused ms",
+                "optiquant class ms",
+                "class vs fastest torch",
+                "optiquant update_and_apply ms",
+                "functional vs fastest torch",
+            ],
             rows,
         )
         print()

@@ -20,7 +20,8 @@ The node is once differentiable (second-order meta-gradients raise an error).
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, cast
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -46,39 +47,46 @@ class AdamDirection(torch.autograd.Function):
         new_mu = list(torch._foreach_lerp(mus, gs, 1.0 - b1))
         new_nu = list(torch._foreach_mul(nus, b2))
         torch._foreach_addcmul_(new_nu, gs, gs, 1.0 - b2)
-        root = list(torch._foreach_div(new_nu, _scalars(bc2)))
+        # s = sqrt(v'/c2 + eps_root) = r / q with r = sqrt(v' + eps_root c2), q = sqrt(c2),
+        # so k (s + eps) = (k / q) (r + eps q): the bias correction folds into scalars.
+        q = [math.sqrt(c2) for c2 in bc2]
         if eps_root:
-            torch._foreach_add_(root, eps_root)
-        torch._foreach_sqrt_(root)
-        # The backward divides by the root; clamping it here to the smallest normal number
-        # changes nothing in root + eps when eps is far above it (every practical eps).
-        if root and not _clamp_is_exact(eps, root[0].dtype):
-            root_safe = list(torch._foreach_clamp_min(root, torch.finfo(root[0].dtype).tiny))
+            root = list(torch._foreach_add(new_nu, _scalars([eps_root * c2 for c2 in bc2])))
+            torch._foreach_sqrt_(root)
         else:
-            torch._foreach_clamp_min_(root, torch.finfo(root[0].dtype).tiny if root else 0.0)
+            root = list(torch._foreach_sqrt(new_nu))
+        shift = _scalars([eps * qi for qi in q])
+        scale = _scalars([k / qi for k, qi in zip(denom_scale, q)])
+        # The backward divides by r; clamping it here to the smallest normal number
+        # changes nothing in r + eps q when eps q is far above it (every practical eps).
+        tiny = torch.finfo(root[0].dtype).tiny if root else 0.0
+        if root and not _clamp_is_exact(eps * min(q), root[0].dtype):
+            root_safe = list(torch._foreach_clamp_min(root, tiny))
+        else:
+            torch._foreach_clamp_min_(root, tiny)
             root_safe = root
-        coupling_scale = _scalars([-0.5 * k / c2 for k, c2 in zip(denom_scale, bc2)])
+        # du m' / (2 k c2 (s+eps)^2 s) = t m' k q / (2 c2 denom r)   (denom = k (s + eps))
+        coupling_scale = _scalars([-0.5 * k * qi / c2 for k, qi, c2 in zip(denom_scale, q, bc2)])
         few = n <= _FEW
-        denom = _denominator(root, eps, denom_scale)
+        denom = _denominator(root, shift, scale)
         if few:
             # Few (typically large) tensors: every fresh tensor costs page faults, so the
             # direction overwrites the denominator and the backward recomputes it.
             direction = _quotient(new_mu, denom)
             ctx.save_for_backward(*gs, *new_mu, *root, *root_safe)
         else:
-            # Many small tensors: fewer passes win. w = u / s * scale turns the backward's
-            # coupling term into one product.
+            # Many small tensors: fewer passes win. With w = u / s the backward's coupling
+            # term is one product, t * w * scale.
             direction = list(torch._foreach_div(new_mu, denom))
             w = list(torch._foreach_div(direction, root_safe))
-            torch._foreach_mul_(w, coupling_scale)
             ctx.save_for_backward(*gs, *denom, *w)
-        ctx.constants = (b1, b2, eps, denom_scale, coupling_scale, n, few)
+        ctx.constants = (b1, b2, shift, scale, coupling_scale, n, few)
         return (*new_mu, *new_nu, *direction)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[Any, ...]:
-        b1, b2, eps, denom_scale, coupling_scale, n, few = ctx.constants
+        b1, b2, shift, scale, coupling_scale, n, few = ctx.constants
         saved = ctx.saved_tensors
         d_mu_out, d_nu_out, d_dir = grads[:n], grads[n : 2 * n], grads[2 * n :]
         gs = list(saved[:n])
@@ -87,10 +95,9 @@ class AdamDirection(torch.autograd.Function):
         incoming = [torch.zeros_like(g) if d is None else d for d, g in zip(d_dir, gs)]
         if few:
             new_mu, root, root_safe = (list(saved[k * n : (k + 1) * n]) for k in range(1, 4))
-            denom = _denominator(root, eps, denom_scale)  # recomputed exactly as in forward
+            denom = _denominator(root, shift, scale)  # recomputed exactly as in forward
             # t = du / (k (s + eps)), the sensitivity of u to m'
             t = list(torch._foreach_div(incoming, denom))
-            # du m' / (2 k c2 (s+eps)^2 s) = t * m' * k / (2 c2 * denom * s)
             coupling = list(torch._foreach_mul(t, new_mu))
             torch._foreach_div_(coupling, denom)
             torch._foreach_div_(coupling, root_safe)
@@ -98,7 +105,16 @@ class AdamDirection(torch.autograd.Function):
         else:
             denom, w = list(saved[n : 2 * n]), list(saved[2 * n :])
             t = list(torch._foreach_div(incoming, denom))
-            coupling = list(torch._foreach_mul(t, w))
+            if all(d is not None for d in d_nu_out):
+                coupling = list(
+                    torch._foreach_addcmul(
+                        cast(list[torch.Tensor], list(d_nu_out)), t, w, coupling_scale
+                    )
+                )
+                d_nu_out = (None,) * n
+            else:
+                coupling = list(torch._foreach_mul(t, w))
+                torch._foreach_mul_(coupling, coupling_scale)
         _add_present(t, d_mu_out)  # t is now d(loss)/d(m')
         _add_present(coupling, d_nu_out)  # coupling is now d(loss)/d(v')
         if few:
@@ -115,11 +131,11 @@ class AdamDirection(torch.autograd.Function):
 
 
 def _denominator(
-    root: list[torch.Tensor], eps: float, denom_scale: list[float]
+    root: list[torch.Tensor], shift: float | list[float], scale: float | list[float]
 ) -> list[torch.Tensor]:
-    """New tensors ``k (root + eps)``."""
-    denom = list(torch._foreach_add(root, eps))
-    torch._foreach_mul_(denom, _scalars(denom_scale))
+    """New tensors ``scale * (root + shift)``."""
+    denom = list(torch._foreach_add(root, shift))
+    torch._foreach_mul_(denom, scale)
     return denom
 
 
