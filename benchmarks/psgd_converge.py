@@ -9,7 +9,9 @@ is met when <= 70% of Adam's steps). ``--constant`` uses constant learning rates
   order, full training cross-entropy every 10 steps; Adam budget 300 steps.
 * Rosenbrock: f(x) = sum_i 100 (x_{i+1} - x_i^2)^2 + (1 - x_i)^2 in 100 dimensions,
   from (-1.2, 1, -1.2, 1, ...), deterministic gradients; Adam budget 3000 steps.
-  Hessian-fitted XMat, LRA and Kron get Hvps from ``hessian_helper``.
+  Hessian-fitted XMat, LRA and Kron get Hvps from ``hessian_helper`` (a probe every
+  step), peak learning rates 0.3, 1 and 2, and no update clipping (a Newton step
+  should not be clipped).
 
 Writes ``benchmarks/psgd_converge.png`` and prints a markdown table.
 
@@ -195,15 +197,20 @@ def main(argv: list[str] | None = None) -> None:
                 min_ndim_triangular=1,
                 precond_init_scale=None,
                 precond_lr=0.5,
+                clip_update_rms=None,
             ),
             True,
-            [0.3, 1.0],
+            [0.3, 1.0, 2.0],
         ),
-        "XMat Hessian": (lambda lr: xmat(learning_rate=sched(lr, r_steps)), True, [0.3, 1.0]),
+        "XMat Hessian": (
+            lambda lr: xmat(learning_rate=sched(lr, r_steps)),
+            True,
+            [0.3, 1.0, 2.0],
+        ),
         "LRA Hessian": (
             lambda lr: low_rank_approximation(learning_rate=sched(lr, r_steps)),
             True,
-            [0.3, 1.0],
+            [0.3, 1.0, 2.0],
         ),
     }
     for name, (make, hessian, lrs) in rosen_psgd.items():

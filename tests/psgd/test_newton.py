@@ -320,3 +320,77 @@ def test_lra_newton_solves_low_rank_quadratic() -> None:
     x0 = xstar + torch.randn(12, generator=gen, dtype=F64) * 3
     psgd_steps = _steps_to_solve(_newton_opt("lra", precond_lr=0.3), x0, h, xstar, True, 400)
     assert psgd_steps < _best_adam(x0, h, xstar, 3000)
+
+
+# --------------------------------------------------------------------------- LRA, entrywise d
+
+
+def diag_lowrank_spd(seed: int, n: int = 16) -> torch.Tensor:
+    """``diag(logspace(0, 3))`` (shuffled) plus a rank-2 term: condition ~600-1000."""
+    gen = torch.Generator().manual_seed(seed)
+    diag = torch.logspace(0, 3, n, dtype=F64)[torch.randperm(n, generator=gen)]
+    w = torch.randn(n, 2, generator=gen, dtype=F64)
+    return torch.diag(diag) + w @ w.T
+
+
+def test_lra_entrywise_diag_step_closed_form() -> None:
+    """With ``U = V = 0`` (``P = diag(d**2)``) each entry of ``d`` takes its own normalised
+    step ``d * (1 - lr * (t1 - t2) / (t1 + t2))``, ``t1 = d**2 h**2``, ``t2 = v**2 / d**2``;
+    ``"global"`` divides by the largest ``t1 + t2`` instead."""
+    gen = torch.Generator().manual_seed(3)
+    n = 6
+    u = v = torch.zeros(n, 2, dtype=F64)
+    d = torch.rand(n, generator=gen, dtype=F64) + 0.5
+    vec = torch.randn(n, generator=gen, dtype=F64)
+    h = torch.randn(n, generator=gen, dtype=F64) * 10
+    t1, t2 = d**2 * h**2, vec**2 / d**2
+    _, _, d_entry = lra_math.update(u, v, d, vec, h, lr=0.3, diag_normalizer="entrywise")
+    torch.testing.assert_close(d_entry, d * (1 - 0.3 * (t1 - t2) / (t1 + t2)))
+    _, _, d_global = lra_math.update(u, v, d, vec, h, lr=0.3)
+    torch.testing.assert_close(d_global, d * (1 - 0.3 * (t1 - t2) / (t1 + t2).max()))
+
+
+def test_lra_diag_step_normalizer_bad_value() -> None:
+    with pytest.raises(ValueError, match="diag_step_normalizer"):
+        scale_by_lra(diag_step_normalizer="each")
+    with pytest.raises(ValueError, match="diag_step_normalizer"):
+        low_rank_approximation(diag_step_normalizer="each")
+
+
+def test_lra_entrywise_newton_fit_is_closer_to_inverse_hessian() -> None:
+    """Diagonal (condition 1000) plus rank 2, 2000 annealed single-probe steps: the entrywise
+    fit of ``d`` halves the distance to H^-1 of the shared step (measured: 0.20 vs 0.43 rel.
+    error). What remains is the slow fit of the low-rank part, not the diagonal."""
+    n, steps = 16, 2000
+    h = diag_lowrank_spd(1, n)
+    errors = {}
+    for mode in ("global", "entrywise"):
+        state = _fit(
+            scale_by_lra(
+                b1=0.0,
+                uvd_rank_of_approximation=4,
+                precond_lr=annealed(steps),
+                diag_step_normalizer=mode,
+            ),
+            torch.zeros(n, dtype=F64),
+            lambda v: h @ v,
+            steps,
+        )
+        q = lra_math.dense_q(state.U, state.V, state.d)
+        errors[mode] = rel_err(q.T @ q, torch.linalg.inv(h))
+    assert errors["entrywise"] < 0.25 and errors["entrywise"] < 0.6 * errors["global"], errors
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_lra_entrywise_newton_solves_ill_conditioned_quadratic(seed: int) -> None:
+    """Diagonal (condition 1000) plus rank 2, LRA's own structure: Hvp-fitted LRA with
+    ``diag_step_normalizer="entrywise"`` reaches f < 1e-6 in at most a third of the steps
+    of Adam at its best learning rate (grid 1e-3 ... 1)."""
+    h = diag_lowrank_spd(seed)
+    gen = torch.Generator().manual_seed(10 + seed)
+    xstar = torch.randn(16, generator=gen, dtype=F64)
+    x0 = xstar + torch.randn(16, generator=gen, dtype=F64) * 3
+    opt = _newton_opt("lra", precond_lr=0.3, diag_step_normalizer="entrywise")
+    psgd_steps = _steps_to_solve(opt, x0, h, xstar, True, 400)
+    adam_steps = _best_adam(x0, h, xstar, 3000)
+    assert 3 * psgd_steps <= adam_steps, (psgd_steps, adam_steps)

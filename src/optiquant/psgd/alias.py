@@ -150,9 +150,10 @@ def low_rank_approximation(
     step_normalizer_order: str = "2nd",
     seed: int = 0,
     mu_dtype: torch.dtype | None = None,
+    diag_step_normalizer: str = "global",
 ) -> GradientTransformation:
     """PSGD with one low-rank ``(I + U V^T) diag(d)`` preconditioner over all params
-    (psgd-jax's ``low_rank_approximation``).
+    (psgd-jax's ``low_rank_approximation``). Arguments as :func:`scale_by_lra`.
 
     >>> import torch
     >>> opt = low_rank_approximation(uvd_rank_of_approximation=4)
@@ -172,6 +173,7 @@ def low_rank_approximation(
             step_normalizer_order,
             seed,
             mu_dtype,
+            diag_step_normalizer,
         ),
         *_lr_and_decay(learning_rate, weight_decay, mask),
     )

@@ -31,6 +31,7 @@ from optiquant.tree import tree_flatten, tree_unflatten
 __all__ = ["ScaleByLRAState", "ScaleByXMatState", "scale_by_lra", "scale_by_xmat"]
 
 _NORMALIZERS = ("1st", "2nd")
+_DIAG_NORMALIZERS = ("global", "entrywise")
 
 
 class ScaleByXMatState(NamedTuple):
@@ -125,6 +126,7 @@ def _global(
     seed: int,
     mu_dtype: torch.dtype | None,
     rank: int,
+    diag_step_normalizer: str = "global",
 ) -> GradientTransformation:
     _check_common(
         b1,
@@ -278,6 +280,7 @@ def _global(
                     lr=lr_q,
                     update_u=fits % 2 == 0,
                     step_normalizer=step_normalizer_order,
+                    diag_normalizer=diag_step_normalizer,
                 )
                 u, vv = lra_math.balance(u, vv)
                 fields = {"U": u, "V": vv, "d": d, "fit_count": cpu_scalar(fits + 1)}
@@ -379,9 +382,16 @@ def scale_by_lra(
     step_normalizer_order: str = "2nd",
     seed: int = 0,
     mu_dtype: torch.dtype | None = None,
+    diag_step_normalizer: str = "global",
 ) -> GradientTransformation:
     """Precondition with one low-rank PSGD preconditioner ``Q = (I + U V^T) diag(d)`` over all
     params, ``U, V`` of rank ``uvd_rank_of_approximation`` (no learning rate).
+
+    ``diag_step_normalizer="entrywise"`` gives each entry of ``d`` its own normalised
+    fitting step (``"global"``, the default, shares the step of the largest entry); see
+    :func:`optiquant.psgd.lra_math.update`. It pays off when the diagonal of the target
+    is badly scaled, e.g. Hessian fitting on an ill-conditioned diagonal-plus-low-rank
+    curvature.
 
     >>> import torch
     >>> tx = scale_by_lra(b1=0.0, uvd_rank_of_approximation=2)
@@ -390,6 +400,7 @@ def scale_by_lra(
     (torch.Size([5, 2]), torch.Size([5]))
     """
     check_number("uvd_rank_of_approximation", uvd_rank_of_approximation, low=1, integer=True)
+    check_choice("diag_step_normalizer", diag_step_normalizer, _DIAG_NORMALIZERS)
     return _global(
         "lra",
         b1,
@@ -402,4 +413,5 @@ def scale_by_lra(
         seed,
         mu_dtype,
         uvd_rank_of_approximation,
+        diag_step_normalizer,
     )

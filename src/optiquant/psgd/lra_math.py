@@ -69,8 +69,16 @@ def update(
     lr: float | torch.Tensor = 0.1,
     update_u: bool = True,
     step_normalizer: str = "2nd",
+    diag_normalizer: str = "global",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One fitting step on the pair ``(vec, h)``: ``d`` and one of ``U`` / ``V``.
+
+    ``diag_normalizer`` sets the step size of ``d``: ``"global"`` divides ``lr`` by the
+    largest entry of the bound (one step size for all of ``d``), ``"entrywise"`` by
+    each entry's own bound. The diagonal group is a direct product of one-dimensional
+    groups, so each entry may take its own step; with ``"entrywise"`` the entries of
+    ``d`` whose curvature terms are small are no longer slowed down by the largest one
+    (a badly scaled diagonal is fitted in a few steps instead of many).
 
     >>> u, v, d = init(3, 1, generator=torch.Generator().manual_seed(0))
     >>> probe = torch.ones(3)
@@ -87,10 +95,9 @@ def update(
     pinv_v = (b - u @ _solve(eye + v.T @ u, v.T @ b)) / d  # P^{-1} vec
     t1, t2 = ph * h, vec * pinv_v
     grad_d = t1 - t2
-    if step_normalizer == "2nd":
-        lam_d = (t1.abs() + t2.abs()).amax()
-    else:
-        lam_d = grad_d.abs().amax()
+    lam_d = (t1.abs() + t2.abs()) if step_normalizer == "2nd" else grad_d.abs()
+    if diag_normalizer != "entrywise":
+        lam_d = lam_d.amax()
     tiny = torch.finfo(d.dtype).tiny
     new_d = d - (lr / lam_d.clamp_min(tiny)) * grad_d * d
     if update_u:

@@ -217,6 +217,7 @@ class LRA(_GlobalBase):
         step_normalizer_order: str = "2nd",
         seed: int = 0,
         mu_dtype: torch.dtype | None = None,
+        diag_step_normalizer: str = "global",
     ) -> None:
         super().__init__(
             params,
@@ -226,6 +227,7 @@ class LRA(_GlobalBase):
             preconditioner_update_probability=preconditioner_update_probability,
             nesterov=nesterov,
             rank=rank,
+            diag_step_normalizer=diag_step_normalizer,
             precond_lr=precond_lr,
             precond_init_scale=precond_init_scale,
             update_global_norm_clip=update_global_norm_clip,
@@ -238,7 +240,10 @@ class LRA(_GlobalBase):
         kw = _pick(group, *_GLOBAL_COMMON)
         kw["mask"] = None
         return alias.low_rank_approximation(
-            learning_rate=group["lr"], uvd_rank_of_approximation=group["rank"], **kw
+            learning_rate=group["lr"],
+            uvd_rank_of_approximation=group["rank"],
+            diag_step_normalizer=group.get("diag_step_normalizer", "global"),
+            **kw,
         )
 
 
