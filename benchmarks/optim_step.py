@@ -40,33 +40,22 @@ def class_step(
 
 
 def functional_step(
-    make_tx: Callable[[], oq.GradientTransformation], shape: str
+    make_tx: Callable[[], oq.GradientTransformation], shape: str, *, one_call: bool = False
 ) -> Callable[[], object]:
+    """A functional in-place step: ``update`` + ``apply_updates``, or ``update_and_apply``."""
     params = make_tensors(shape)
-    grads = [torch.randn_like(p) * 1e-2 for p in params]
-    tx = make_tx()
-    state = [tx.init(params)]
-    buffers = [g.clone() for g in grads]
-
-    def step() -> None:
-        # The update may reuse the gradient buffers it is given (inplace mode); a training
-        # loop hands it fresh gradients each step, so we hand it the same buffers: no copy.
-        updates, state[0] = tx.update(buffers, state[0], params, inplace=True)
-        oq.apply_updates(params, updates, inplace=True)
-
-    return step
-
-
-def one_call_step(
-    make_tx: Callable[[], oq.GradientTransformation], shape: str
-) -> Callable[[], object]:
-    params = make_tensors(shape)
+    # The update may reuse the gradient buffers it is given (inplace mode); a training
+    # loop hands it fresh gradients each step, so we hand it the same buffers: no copy.
     grads = [torch.randn_like(p) * 1e-2 for p in params]
     tx = make_tx()
     state = [tx.init(params)]
 
     def step() -> None:
-        _, state[0] = oq.update_and_apply(tx, grads, state[0], params)
+        if one_call:
+            _, state[0] = oq.update_and_apply(tx, grads, state[0], params)
+        else:
+            updates, state[0] = tx.update(grads, state[0], params, inplace=True)
+            oq.apply_updates(params, updates, inplace=True)
 
     return step
 
@@ -132,8 +121,8 @@ def main() -> None:
             ),
             "optiquant.Adam (class)": class_step(oq.Adam, shape, lr=1e-3),
             "optiquant.adam (functional, inplace)": functional_step(lambda: oq.adam(1e-3), shape),
-            "optiquant.update_and_apply(adam) (functional, inplace, one call)": one_call_step(
-                lambda: oq.adam(1e-3), shape
+            "optiquant.update_and_apply(adam) (functional, inplace, one call)": functional_step(
+                lambda: oq.adam(1e-3), shape, one_call=True
             ),
             "optiquant chain(scale_by_adam, scale) (foreach)": functional_step(
                 lambda: oq.chain(oq.scale_by_adam(), oq.scale(-1e-3)), shape
@@ -187,7 +176,9 @@ def main() -> None:
             v = {
                 "foreach": class_step(torch_cls, shape, foreach=True, **kw),
                 "optiquant": class_step(our_cls, shape, **kw),
-                "functional": one_call_step(lambda alias=alias, kw=kw: alias(**kw), shape),
+                "functional": functional_step(
+                    lambda alias=alias, kw=kw: alias(**kw), shape, one_call=True
+                ),
             }
             if has_fused:
                 v["fused"] = class_step(torch_cls, shape, fused=True, **kw)
