@@ -17,6 +17,7 @@ themselves are stored by the caller (they are needed to unpack).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from optiquant.io.errors import FormatError
@@ -108,14 +109,10 @@ def _check_codes(codes: torch.Tensor, bits: int, check: bool) -> torch.Tensor:
 
 
 # Word type holding ``8 // width`` one-byte fields, and the shift/mask steps that gather
-# (pack) or spread (unpack) them: a few whole-tensor integer operations per slice.
+# them into one byte (pack): a few whole-tensor integer operations per slice. Unpacking
+# spreads each byte into its word through a 256-entry table (one lookup per byte).
 _WORDS = {4: torch.int16, 2: torch.int32, 1: torch.int64}
 _GATHER = {4: (4,), 2: (6, 12), 1: (7, 14, 28)}
-_SPREAD = {
-    4: ((4, 0x0F0F),),
-    2: ((12, 0x000F000F), (6, 0x03030303)),
-    1: ((28, 0x0000000F0000000F), (14, 0x0003000300030003), (7, 0x0101010101010101)),
-}
 
 
 def _pack_slice(field: torch.Tensor, width: int) -> torch.Tensor:
@@ -134,13 +131,28 @@ def _pack_slice(field: torch.Tensor, width: int) -> torch.Tensor:
     return acc.to(torch.uint8)
 
 
+_SPREAD_TABLES: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def _spread_table(width: int, device: torch.device) -> torch.Tensor:
+    """For every byte value, the word whose bytes are its ``8 // width`` fields of
+    ``width`` bits (first field in the first byte)."""
+    key = (width, device)
+    table = _SPREAD_TABLES.get(key)
+    if table is None:
+        per = 8 // width
+        byte = torch.arange(256, dtype=torch.int64).unsqueeze(1)
+        fields = (byte >> (torch.arange(per) * width)) & ((1 << width) - 1)
+        words = (fields << (8 * torch.arange(per))).sum(1)
+        table = _SPREAD_TABLES[key] = words.to(_WORDS[width]).to(device)
+    return table
+
+
 def _unpack_slice(data: torch.Tensor, width: int, numel: int) -> torch.Tensor:
-    """Inverse of :func:`_pack_slice`: ``numel`` uint8 values."""
+    """Inverse of :func:`_pack_slice`: ``numel`` uint8 values (one table lookup per byte)."""
     if width == 8:
         return data
-    words = data.to(_WORDS[width])
-    for shift, mask in _SPREAD[width]:
-        words = (words | (words << shift)) & mask
+    words = _spread_table(width, data.device).index_select(0, data.to(torch.int32))
     return words.view(torch.uint8)[:numel]
 
 
@@ -263,13 +275,29 @@ def _check_widths(widths: torch.Tensor, groups: int) -> torch.Tensor:
 
 def _as_rows(rows: torch.Tensor) -> torch.Tensor:
     """``rows`` (2-D, contiguous) viewed with as few, as wide elements per row as possible
-    (1-D when a row fits one element: row gathers are then much faster)."""
+    (1-D when a row fits one element: row gathers are then much faster). Rows of 16
+    bytes are viewed as complex128, which index kernels move as one 16-byte unit (bit
+    patterns are copied unchanged, NaN payloads included: tested)."""
     nbytes = rows.shape[1] * rows.element_size()
-    for dtype, size in ((torch.int64, 8), (torch.int32, 4), (torch.int16, 2)):
-        if nbytes % size == 0:
+    offset = rows.storage_offset() * rows.element_size()
+    for dtype, size in (
+        (torch.complex128, 16),
+        (torch.int64, 8),
+        (torch.int32, 4),
+        (torch.int16, 2),
+    ):
+        # Wide views only at addresses aligned for them (buffers from files may not be).
+        if nbytes % size == 0 and offset % size == 0 and rows.data_ptr() % size == 0:
             wide = rows.view(torch.uint8).view(dtype)
             return wide.view(-1) if nbytes == size else wide
     return rows.view(-1) if rows.shape[1] == 1 else rows
+
+
+def _as_rows_like(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``rows`` (2-D, contiguous, starting at an aligned address) viewed as ``like`` (an
+    :func:`_as_rows` view of rows of the same byte length)."""
+    wide = rows.view(torch.uint8).view(like.dtype)
+    return wide.view(-1) if like.dim() == 1 else wide.view(rows.shape[0], -1)
 
 
 def _buckets(
@@ -286,7 +314,21 @@ def _buckets(
     buckets = [(w, c) for w, c in enumerate(counts) if c]
     if not order:
         return None, buckets
+    if small.device.type == "cpu":
+        # numpy's stable sort of 8-bit keys is a radix sort: linear time.
+        keys = small.contiguous().numpy()
+        return torch.from_numpy(np.argsort(keys, kind="stable")), buckets
     return torch.sort(small, stable=True).indices, buckets
+
+
+def _inverse(order: torch.Tensor) -> torch.Tensor:
+    """The inverse permutation of ``order``: where each group sits in the bucket order.
+
+    Gathering rows through it is much faster than scattering them through ``order``.
+    """
+    inverse = torch.empty_like(order)
+    inverse.index_copy_(0, order, torch.arange(order.numel(), device=order.device))
+    return inverse
 
 
 def _check_group_size(group_size: int) -> int:
@@ -390,21 +432,27 @@ def unpack_groups(
     if groups == 0:
         return torch.empty(0, dtype=dtype, device=device)
     order, buckets = _buckets(widths.to(device))
-    parts = []
-    start = 0
-    for width, count in buckets:
+    if order is None:
+        width, _ = buckets[0]
         if width == 0:
-            parts.append(torch.zeros(count * group_size, dtype=dtype, device=device))
+            return torch.zeros(groups * group_size, dtype=dtype, device=device)
+        return unpack_bits(packed, width, groups * group_size, dtype=dtype)
+    stream = torch.empty(groups * group_size, dtype=dtype, device=device)
+    start = offset = 0
+    for width, count in buckets:
+        part = stream[offset : offset + count * group_size]
+        offset += count * group_size
+        if width == 0:
+            part.zero_()
             continue
         size = packed_nbytes(count * group_size, width)
-        parts.append(
+        part.copy_(
             unpack_bits(packed[start : start + size], width, count * group_size, dtype=dtype)
         )
         start += size
-    flat = parts[0] if len(parts) == 1 else torch.cat(parts)
-    if order is None:
-        return flat
-    rows = _as_rows(flat.view(groups, group_size))
-    out = torch.empty_like(rows)
-    out.index_copy_(0, order, rows)
-    return out.view(dtype).view(-1)
+    out = torch.empty_like(stream)
+    rows = _as_rows(stream.view(groups, group_size))
+    torch.index_select(
+        rows, 0, _inverse(order.to(device)), out=_as_rows(out.view(groups, group_size))
+    )
+    return out

@@ -128,6 +128,7 @@ class _CacheEntry:
     fingerprint: torch.Tensor
     encoded: EncodedTensor
     weight: torch.Tensor | None
+    packed: EncodedTensor | None = None
 
 
 def _tensor_key(t: torch.Tensor) -> tuple[Any, ...]:
@@ -147,6 +148,12 @@ def _fingerprint(t: torch.Tensor) -> torch.Tensor:
     return raw.sum(dtype=torch.int64)
 
 
+def _device_of(enc: EncodedTensor) -> torch.device | None:
+    for value in enc.tensors.values():
+        return value.device
+    return None
+
+
 def _check_not_ddp(model: nn.Module) -> None:
     ddp = torch.nn.parallel.DistributedDataParallel
     if isinstance(model, ddp):
@@ -159,7 +166,9 @@ def _check_not_ddp(model: nn.Module) -> None:
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
     for obj in gc.get_objects():
-        if isinstance(obj, ddp):
+        # type(), not isinstance(): no attribute lookups on arbitrary objects (some
+        # deprecated torch objects warn when their __class__ is read).
+        if issubclass(type(obj), ddp):
             inner = obj.module
             if inner is model or any(m is model for m in inner.modules()):
                 raise RuntimeError(
@@ -401,7 +410,7 @@ class BaseQuantizer:
 
     def _quantized_nbytes(self, qp: QuantizedParam) -> int:
         """Exact bytes of the packed encoding of ``qp``."""
-        return self._cached_or_encode(qp).pack().nbytes
+        return self._cached_packed(qp).nbytes
 
     def _load_encoded(self, qp: QuantizedParam, enc: EncodedTensor) -> None:
         """Update the quantizer's own parameters from a restored encoding of ``qp``."""
@@ -420,6 +429,13 @@ class BaseQuantizer:
 
     def _cached_or_encode(self, qp: QuantizedParam) -> EncodedTensor:
         return self._cached(qp, decode=False).encoded
+
+    def _cached_packed(self, qp: QuantizedParam) -> EncodedTensor:
+        """The packed encoding of ``qp``'s current value (packed once per cached encoding)."""
+        entry = self._cached(qp, decode=False)
+        if entry.packed is None:
+            entry.packed = entry.encoded.pack()
+        return entry.packed
 
     # -------------------------------------------------------------------- mode API
     def quantize(self) -> bool:
@@ -649,8 +665,7 @@ class BaseQuantizer:
             if qp.other is not None:
                 aliases[qp.name] = qp.other.name
                 continue
-            enc = self._cached_or_encode(qp)
-            params[qp.name] = enc.pack() if packed else enc.unpack()
+            params[qp.name] = self._cached_packed(qp) if packed else self._cached_or_encode(qp)
         for fp in self._floats:
             if fp.other is not None:
                 aliases[fp.name] = fp.other.name
@@ -686,7 +701,10 @@ class BaseQuantizer:
             key = (*_tensor_key(weight), self._extra_key(qp), self._epoch)
             if self.cache:
                 value = decoded[qp.name].detach().clone()
-                self._cache[qp.index] = _CacheEntry(key, _fingerprint(weight), unpacked, value)
+                stored = enc if enc.packed and _device_of(enc) == weight.device else None
+                self._cache[qp.index] = _CacheEntry(
+                    key, _fingerprint(weight), unpacked, value, stored
+                )
 
     # ----------------------------------------------------------------------- detach
     def detach(self) -> None:

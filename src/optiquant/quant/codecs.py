@@ -20,6 +20,11 @@ import torch
 
 from optiquant.io.bitpack import (
     MAX_BITS,
+    _as_rows,
+    _as_rows_like,
+    _buckets,
+    _inverse,
+    _slices,
     bits_needed,
     grouped_nbytes,
     pack_bits,
@@ -159,6 +164,79 @@ def _affine_values(
         else:
             o.mul_(step_size[start // group_size])
         o.add_(lo)
+
+
+def _byte_table(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """``(256, 8 // bits)`` table: row ``b`` holds the values of the codes packed in byte ``b``
+    (first code in the lowest bits), for single-slice widths (1, 2, 4, 8)."""
+    per = 8 // bits
+    byte = torch.arange(256, device=values.device).unsqueeze(1)
+    shifts = torch.arange(per, device=values.device) * bits
+    return values[(byte >> shifts) & ((1 << bits) - 1)].contiguous()
+
+
+def _table_decodable(packed: torch.Tensor, bits: int, numel: int) -> bool:
+    """Whether ``numel`` codes of ``bits`` bits packed in ``packed`` fill whole bytes of one
+    stream, so that a per-byte table decodes them."""
+    return bits in (1, 2, 4, 8) and numel % (8 // bits) == 0 and packed.numel() * 8 == numel * bits
+
+
+def _table_values(
+    packed: torch.Tensor, bits: int, values: torch.Tensor, flat: torch.Tensor
+) -> None:
+    """Write into ``flat`` the values (``values[code]``) of the codes packed in ``packed``:
+    one gather of whole rows per packed byte (see :func:`_table_decodable`)."""
+    per = 8 // bits
+    dst = _as_rows(flat.view(-1, per))
+    table = _as_rows_like(_byte_table(values, bits), dst)
+    torch.index_select(table, 0, packed.reshape(-1).to(torch.int32), out=dst)
+
+
+_FIELD_TABLES: dict[tuple[int, int, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _code_floats(packed: torch.Tensor, bits: int, numel: int, out: torch.Tensor) -> None:
+    """Write the ``numel`` codes of a :func:`~optiquant.io.pack_bits` stream into the float
+    tensor ``out`` as exact values, slice by slice: each slice adds ``field << offset``,
+    looked up per packed byte (integers below ``2**16``: every sum is exact)."""
+    start = 0
+    scratch: torch.Tensor | None = None
+    for index, (offset, width) in enumerate(_slices(bits)):
+        size = -(-numel * width // 8)
+        data = packed[start : start + size]
+        start += size
+        target = out
+        if index:
+            scratch = torch.empty_like(out) if scratch is None else scratch
+            target = scratch
+        if width == 8:
+            target.copy_(data)
+            if offset:
+                target.mul_(float(2**offset))
+        else:
+            key = (width, offset, out.dtype, out.device)
+            table = _FIELD_TABLES.get(key)
+            if table is None:
+                levels = torch.arange(2**width, dtype=out.dtype, device=out.device)
+                table = _FIELD_TABLES[key] = _byte_table(levels.mul_(float(2**offset)), width)
+            per = 8 // width
+            whole = target if numel == size * per else out.new_empty(size * per)
+            dst = _as_rows(whole.view(-1, per))
+            torch.index_select(_as_rows_like(table, dst), 0, data.to(torch.int32), out=dst)
+            if whole is not target:
+                target.copy_(whole[:numel])
+        if index:
+            out.add_(target)
+
+
+def _level_values(
+    bits: int, device: torch.device, dtype: torch.dtype, finish: Callable[[torch.Tensor], object]
+) -> torch.Tensor:
+    """The decoded value of every code ``0 .. 2**bits - 1``: ``finish`` applies, in place,
+    the very operations the element-wise decoder applies (so the values are bit-identical)."""
+    values = torch.arange(2**bits, device=device, dtype=dtype)
+    finish(values)
+    return values
 
 
 def _decode_with(
@@ -323,6 +401,18 @@ class UniformCodec(Codec):
         return self.decode(enc, out=out)
 
     def decode(self, enc: EncodedTensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        bits = enc.meta["bits"]
+        if enc.packed and _table_decodable(enc.tensors["codes"], bits, enc.numel):
+            rng = enc.tensors["range"]
+            step = (rng[1] - rng[0]) / float(2**bits - 1)
+
+            def fill(flat: torch.Tensor) -> None:
+                values = _level_values(
+                    bits, flat.device, flat.dtype, lambda v: v.mul_(step).add_(rng[0])
+                )
+                _table_values(enc.tensors["codes"], bits, values, flat)
+
+            return _decode_with(enc, out, fill)
         enc = enc.unpack()
         t = enc.tensors
         return decode_uniform_codes(
@@ -441,10 +531,13 @@ class GroupedCodec(Codec):
             self.meta_int(enc, "width_offset", 1, MAX_BITS)
             wbits = self.meta_int(enc, "width_bits", 0, 4)
             self.require(enc, "widths", (torch.uint8,), packed_nbytes(groups, wbits))
-            widths = self.packed_widths(enc)
-            if groups and int(widths.max()) > MAX_BITS:
-                raise FormatError(f"'grouped' widths exceed {MAX_BITS} bits")
-            expected = grouped_nbytes(widths, gs)
+            if wbits == 0:  # one width for every group: no per-group widths to read
+                expected = packed_nbytes(groups * gs, enc.meta["width_offset"])
+            else:
+                widths = self.packed_widths(enc)
+                if groups and int(widths.max()) > MAX_BITS:
+                    raise FormatError(f"'grouped' widths exceed {MAX_BITS} bits")
+                expected = grouped_nbytes(widths, gs)
             self.require(enc, "codes", (torch.uint8,), expected)
         else:
             self.require(enc, "codes", _CODE_DTYPES, groups * gs)
@@ -473,7 +566,15 @@ class GroupedCodec(Codec):
         return EncodedTensor(enc.scheme, enc.shape, enc.dtype, meta, tensors, packed=True)
 
     def packed_widths(self, enc: EncodedTensor) -> torch.Tensor:
-        """The per-group widths of a packed encoding (uint8)."""
+        """The per-group widths of a packed encoding (uint8; computed once per encoding)."""
+        cached = enc.__dict__.get("_widths")
+        if cached is not None:
+            return cached
+        widths = self._packed_widths(enc)
+        object.__setattr__(enc, "_widths", widths)
+        return widths
+
+    def _packed_widths(self, enc: EncodedTensor) -> torch.Tensor:
         _, groups = self._groups(enc)
         offset, wbits = enc.meta["width_offset"], enc.meta["width_bits"]
         device = enc.tensors["codes"].device
@@ -492,10 +593,78 @@ class GroupedCodec(Codec):
         tensors = {"codes": codes, "widths": widths, "range": enc.tensors["range"]}
         return EncodedTensor(enc.scheme, enc.shape, enc.dtype, meta, tensors, packed=False)
 
+    def _bucket_values(
+        self,
+        enc: EncodedTensor,
+        flat: torch.Tensor,
+        order: torch.Tensor,
+        buckets: list[tuple[int, int]],
+    ) -> None:
+        """Decode a packed encoding with several widths into ``flat``, bucket by bucket.
+
+        Each bucket's codes are decoded in stream order with the bucket's own step
+        (the element-wise operations of :func:`_affine_values`, so bit-identical);
+        one gather of rows then puts every group back in place.
+        """
+        gs, groups = self._groups(enc)
+        n = enc.numel
+        rng = enc.tensors["range"]
+        lo = rng[0]
+        steps = _group_table(rng, numerator=False)
+        padded = groups * gs
+        stream = torch.empty(padded, dtype=flat.dtype, device=flat.device)
+        packed = enc.tensors["codes"]
+        start = offset = 0
+        for width, count in buckets:
+            size = packed_nbytes(count * gs, width)
+            chunk = packed[start : start + size]
+            start += size
+            values = stream[offset : offset + count * gs]
+            offset += count * gs
+            step = steps[width]
+            if _table_decodable(chunk, width, count * gs):
+
+                def finish(v: torch.Tensor, s: torch.Tensor = step) -> None:
+                    v.mul_(s).add_(lo)
+
+                levels = _level_values(width, flat.device, flat.dtype, finish)
+                _table_values(chunk, width, levels, values)
+            else:
+                _code_floats(chunk, width, count * gs, values)
+                values.mul_(step).add_(lo)
+        target = flat if padded == n else torch.empty_like(stream)
+        dst = _as_rows(target.view(groups, gs))
+        src = _as_rows_like(stream.view(groups, gs), dst)
+        torch.index_select(src, 0, _inverse(order.to(flat.device)), out=dst)
+        if target is not flat:
+            flat.copy_(target[:n])
+
     def decode_into(self, enc: EncodedTensor, out: torch.Tensor) -> torch.Tensor:
         return self.decode(enc, out=out)
 
     def decode(self, enc: EncodedTensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        if enc.packed and enc.numel:
+            if enc.meta["width_bits"] == 0:  # one width: no per-group widths needed
+                order, buckets = None, [(enc.meta["width_offset"], self._groups(enc)[1])]
+            else:
+                order, buckets = _buckets(self.packed_widths(enc))
+            if order is not None:
+                return _decode_with(
+                    enc, out, lambda flat: self._bucket_values(enc, flat, order, buckets)
+                )
+            width, count = buckets[0]
+            gs = enc.meta["group_size"]
+            if enc.numel == count * gs and _table_decodable(enc.tensors["codes"], width, enc.numel):
+                rng = enc.tensors["range"]
+                step = _group_table(rng, numerator=False)[width]
+
+                def fill(flat: torch.Tensor) -> None:
+                    values = _level_values(
+                        width, flat.device, flat.dtype, lambda v: v.mul_(step).add_(rng[0])
+                    )
+                    _table_values(enc.tensors["codes"], width, values, flat)
+
+                return _decode_with(enc, out, fill)
         enc = enc.unpack()
         t = enc.tensors
         gs = enc.meta["group_size"]
@@ -612,6 +781,18 @@ class LSQCodec(Codec):
         return self.decode(enc, out=out)
 
     def decode(self, enc: EncodedTensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        bits = enc.meta["bits"]
+        if enc.packed and _table_decodable(enc.tensors["codes"], bits, enc.numel):
+            qn, _ = lsq_bounds(bits)
+            step = enc.tensors["scale"].reshape(())
+
+            def fill(flat: torch.Tensor) -> None:
+                values = _level_values(
+                    bits, flat.device, flat.dtype, lambda v: v.add_(qn).mul_(step)
+                )
+                _table_values(enc.tensors["codes"], bits, values, flat)
+
+            return _decode_with(enc, out, fill)
         enc = enc.unpack()
         scale = enc.tensors["scale"].reshape(())
         t = enc.tensors

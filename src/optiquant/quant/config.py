@@ -196,7 +196,8 @@ class DiffQConfig(QuantizerConfig):
     ``"gaussian"`` or ``"uniform"``; ``extra_bits`` is added before rounding;
     ``fast_noise=True`` draws each training noise sample from 16 random bits through
     a table of 65536 quantiles of the distribution (i.i.d., exact variance, cheaper
-    on CPU); the default uses ``torch``'s ``normal_``/``uniform_`` like diffq.
+    on CPU, where the bits come from numpy's SFC64 seeded from torch's generator);
+    the default uses ``torch``'s ``normal_``/``uniform_`` like diffq.
 
     >>> DiffQConfig(group_size=8, init_bits=6).init_bits
     6.0

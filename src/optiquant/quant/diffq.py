@@ -28,8 +28,10 @@ the rounded widths ``w_g``; unquantized parameters and buffers add their bytes.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -42,26 +44,87 @@ from optiquant.quant.encoded import EncodedTensor
 __all__ = ["DiffQuantizer", "pseudo_quantization_noise"]
 
 
-def _arg_extreme(flat: torch.Tensor, largest: bool, width: int = 256) -> torch.Tensor:
-    """Index of a maximum (or minimum) of 1-D ``flat``: best row first, then within it."""
-    arg = torch.argmax if largest else torch.argmin
-    rows = flat.numel() // width
+def _extremes(flat: torch.Tensor, width: int = 256) -> tuple[torch.Tensor, ...]:
+    """``(min, max, argmin, argmax)`` of 1-D ``flat`` (first occurrences), in two passes.
+
+    The minima and maxima of rows of ``width`` entries locate the row holding each
+    extreme; the index is then searched in that row only.
+    """
+    n = flat.numel()
+    rows = n // width
     if rows < 2:
-        return arg(flat)
+        imin, imax = torch.argmin(flat), torch.argmax(flat)
+        return flat[imin], flat[imax], imin, imax
     body = flat[: rows * width].view(rows, width)
-    row = arg(body.amax(1) if largest else body.amin(1)).reshape(1)
-    best = row[0] * width + arg(body.index_select(0, row).view(-1))
-    if rows * width == flat.numel():
-        return best
-    tail = rows * width + arg(flat[rows * width :])
-    better = flat[tail] > flat[best] if largest else flat[tail] < flat[best]
-    return torch.where(better, tail, best)
+    row_min = torch.argmin(body.amin(1)).reshape(1)
+    row_max = torch.argmax(body.amax(1)).reshape(1)
+    imin = row_min[0] * width + torch.argmin(body.index_select(0, row_min).view(-1))
+    imax = row_max[0] * width + torch.argmax(body.index_select(0, row_max).view(-1))
+    if rows * width < n:
+        tail = flat[rows * width :]
+        tmin = rows * width + torch.argmin(tail)
+        tmax = rows * width + torch.argmax(tail)
+        imin = torch.where(flat[tmin] < flat[imin], tmin, imin)
+        imax = torch.where(flat[tmax] > flat[imax], tmax, imax)
+    return flat[imin], flat[imax], imin, imax
 
 
-def _extremes(flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``(min, max, argmin, argmax)`` of 1-D ``flat``."""
-    lo, hi = torch.aminmax(flat)
-    return lo, hi, _arg_extreme(flat, False), _arg_extreme(flat, True)
+def _noise_forward(
+    ctx: Any, weight: torch.Tensor, scale: torch.Tensor, eps: torch.Tensor, factor: float
+) -> torch.Tensor:
+    """``W + (max W - min W) * u_g * factor * eps``; keeps what the backward needs on ``ctx``."""
+    groups = scale.numel()
+    flat = weight.reshape(-1)
+    n = flat.numel()
+    gs = -(-n // groups)
+    full = (n // gs) * gs
+    lo, hi, imin, imax = _extremes(flat.detach())
+    span = (hi - lo).to(scale.dtype)
+    amp = (scale * (span * factor)).to(weight.dtype)
+    eps = eps.reshape(-1)
+    out = torch.empty_like(flat)
+    torch.addcmul(
+        flat[:full].view(-1, gs),
+        eps[:full].view(-1, gs),
+        amp[: full // gs].unsqueeze(1),
+        out=out[:full].view(-1, gs),
+    )
+    if full < n:
+        torch.addcmul(flat[full:], eps[full:], amp[-1], out=out[full:])
+    ctx.noise = (eps, span, imin, imax)
+    ctx.factor = factor
+    ctx.layout = (gs, full, n)
+    return out.view(weight.shape)
+
+
+def _noise_backward(
+    ctx: Any, grad: torch.Tensor, scale: torch.Tensor, need_weight: bool
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """Gradients of :func:`_noise_forward`: ``(grad_w, proj, coef)`` with ``grad_w`` the
+    gradient to ``W`` (if ``need_weight``) and ``proj * coef`` the gradient to ``u``
+    (``proj = sum_g grad * eps``, ``coef = factor * (max W - min W)``, kept apart so
+    the caller folds ``coef`` into its own scalar factors)."""
+    eps, span, imin, imax = ctx.noise
+    gs, full, n = ctx.layout
+    g = grad.reshape(-1)
+    if gs == 1:
+        proj = g * eps
+    else:
+        # Per-group sums of g * eps as a matrix-vector product (faster than a reduction).
+        ones = torch.ones(gs, dtype=g.dtype, device=g.device)
+        proj = torch.mv((g[:full] * eps[:full]).view(-1, gs), ones)
+        if full < n:
+            proj = torch.cat([proj, torch.dot(g[full:], eps[full:]).reshape(1)])
+    proj = proj.to(scale.dtype)
+    grad_w = None
+    if need_weight:
+        # Through the range: d out / d max = u_g * factor * eps = -d out / d min.
+        d_span = (torch.dot(proj, scale) * ctx.factor).to(grad.dtype).reshape(1)
+        grad_w = grad.clone()
+        flat = grad_w.view(-1)
+        flat.index_add_(0, imax.reshape(1), d_span)
+        flat.index_add_(0, imin.reshape(1), -d_span)
+    return grad_w, proj, span * ctx.factor
 
 
 class _PseudoQuantNoise(torch.autograd.Function):
@@ -78,56 +141,39 @@ class _PseudoQuantNoise(torch.autograd.Function):
         eps: torch.Tensor,
         factor: float,
     ) -> torch.Tensor:
-        groups = scale.numel()
-        flat = weight.reshape(-1)
-        n = flat.numel()
-        gs = -(-n // groups)
-        full = (n // gs) * gs
-        lo, hi, imin, imax = _extremes(flat.detach())
-        span = (hi - lo).to(scale.dtype)
-        amp = (scale * (span * factor)).to(weight.dtype)
-        eps = eps.reshape(-1)
-        out = torch.empty_like(flat)
-        torch.addcmul(
-            flat[:full].view(-1, gs),
-            eps[:full].view(-1, gs),
-            amp[: full // gs].unsqueeze(1),
-            out=out[:full].view(-1, gs),
-        )
-        if full < n:
-            torch.addcmul(flat[full:], eps[full:], amp[-1], out=out[full:])
-        ctx.save_for_backward(eps, scale, span, imin.to(flat.device), imax.to(flat.device))
-        ctx.factor = factor
-        ctx.layout = (gs, full, n)
-        return out.view(weight.shape)
+        out = _noise_forward(ctx, weight, scale, eps, factor)
+        ctx.save_for_backward(scale)
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        eps, scale, span, imin, imax = ctx.saved_tensors
-        gs, full, n = ctx.layout
-        g = grad.reshape(-1)
-        if gs == 1:
-            proj = g * eps
-        else:
-            # Per-group sums of g * eps as a matrix-vector product (faster than a reduction).
-            ones = torch.ones(gs, dtype=g.dtype, device=g.device)
-            proj = torch.mv((g[:full] * eps[:full]).view(-1, gs), ones)
-            if full < n:
-                proj = torch.cat([proj, torch.dot(g[full:], eps[full:]).reshape(1)])
-        proj = proj.to(scale.dtype).mul_(ctx.factor)
-        grad_scale = proj * span if ctx.needs_input_grad[1] else None
-        grad_w = None
-        if ctx.needs_input_grad[0]:
-            # Through the range: d out / d max = u_g * factor * eps = -d out / d min.
-            d_span = torch.dot(proj, scale).to(grad.dtype)
-            grad_w = grad.clone()
-            flat = grad_w.view(-1)
-            flat.index_add_(0, imax.reshape(1), d_span.reshape(1))
-            flat.index_add_(0, imin.reshape(1), -d_span.reshape(1))
-        return grad_w, grad_scale, None, None
+        (scale,) = ctx.saved_tensors
+        grad_w, proj, coef = _noise_backward(ctx, grad, scale, ctx.needs_input_grad[0])
+        return grad_w, (proj.mul_(coef) if ctx.needs_input_grad[1] else None), None, None
 
 
 _FACTORS = {"gaussian": 0.5, "uniform": 1.0}
+_LN2 = math.log(2.0)
+
+
+def _bits_scale(logit: torch.Tensor, low: float, span: float) -> tuple[torch.Tensor, ...]:
+    """``(t, u)``: ``t = sigmoid(logit)`` and ``u = 1 / (2**(low + span * t) - 1)``."""
+    t = torch.sigmoid(logit)
+    u = torch.mul(t, span).add_(low).exp2_().sub_(1.0).reciprocal_()
+    return t, u
+
+
+def _bits_scale_grad(
+    grad: torch.Tensor,
+    t: torch.Tensor,
+    u: torch.Tensor,
+    span: float,
+    coef: torch.Tensor | float = 1.0,
+) -> torch.Tensor:
+    """``coef * grad * du/dl`` with ``du/dl = -ln2 * span * u * (1 + u) * t * (1 - t)``;
+    overwrites ``grad``."""
+    out = grad.mul_(torch.addcmul(u, u, u))
+    return out.mul_(torch.addcmul(t, t, t, value=-1.0)).mul_(coef * (-span * _LN2))
 
 
 class _BitsNoiseScale(torch.autograd.Function):
@@ -135,20 +181,63 @@ class _BitsNoiseScale(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, logit: torch.Tensor, low: float, span: float) -> torch.Tensor:
-        t = torch.sigmoid(logit)
-        ln2 = math.log(2.0)
-        u = torch.add(t, low / span, alpha=1.0).mul_(span * ln2).expm1_().reciprocal_()
+        t, u = _bits_scale(logit, low, span)
         ctx.save_for_backward(t, u)
-        ctx.coef = -span * ln2
+        ctx.span = span
         return u
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         t, u = ctx.saved_tensors
-        # du/dl = -ln2 * span * u * (1 + u) * t * (1 - t)
-        out = torch.addcmul(u, u, u).mul_(grad)
-        out.mul_(t).mul_(1.0 - t).mul_(ctx.coef)
-        return out, None, None
+        return _bits_scale_grad(grad.clone(), t, u, ctx.span), None, None
+
+
+class _BitsPseudoQuantNoise(torch.autograd.Function):
+    """:class:`_PseudoQuantNoise` with ``u`` computed from the logits (``param="bits"``)
+    inside the same node: fewer passes over the per-group tensors."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        weight: torch.Tensor,
+        logit: torch.Tensor,
+        eps: torch.Tensor,
+        factor: float,
+        low: float,
+        span: float,
+        record: tuple[dict[int, tuple[Any, int, Any]], int] | None = None,
+    ) -> torch.Tensor:
+        t, u = _bits_scale(logit, low, span)
+        out = _noise_forward(ctx, weight, u, eps, factor)
+        ctx.save_for_backward(t, u)
+        ctx.span = span
+        if record is not None:  # remember t (weakly) for the size penalty of this step
+            sigmoids, key = record
+            sigmoids[key] = (weakref.ref(logit), logit._version, weakref.ref(t))
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        t, u = ctx.saved_tensors
+        grad_w, proj, coef = _noise_backward(ctx, grad, u, ctx.needs_input_grad[0])
+        grad_l = None
+        if ctx.needs_input_grad[1]:
+            grad_l = _bits_scale_grad(proj, t, u, ctx.span, coef)
+        return grad_w, grad_l, None, None, None, None, None
+
+
+class _SigmoidSum(torch.autograd.Function):
+    """``sum(sigmoid(logit))`` from an already computed ``t = sigmoid(logit)``."""
+
+    @staticmethod
+    def forward(ctx: Any, logit: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(t)
+        return t.sum()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        (t,) = ctx.saved_tensors
+        return torch.addcmul(t, t, t, value=-1.0).mul_(grad), None
 
 
 def _fresh_noise(kind: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -181,27 +270,36 @@ class QuantileNoise:
 
     Each sample is one of ``2**16`` equiprobable quantiles of ``N(0, 1)`` (rescaled
     to unit variance) or of ``U(-1/2, 1/2)``: i.i.d. across weights and steps, with
-    the exact variance, at a fraction of the cost of ``normal_``/``uniform_``.
+    the exact variance, at a fraction of the cost of ``normal_``/``uniform_``. On
+    CPU the bits come from numpy's SFC64 generator, seeded for every draw with 63
+    bits from torch's default generator (so ``torch.manual_seed`` fixes the
+    stream); elsewhere from ``random_`` on the tensor's device.
     """
 
     def __init__(self, kind: str) -> None:
         if kind not in _FACTORS:
             raise ValueError(f"noise must be one of {sorted(_FACTORS)}, got {kind!r}")
         self.kind = kind
-        self._words: torch.Tensor | None = None
-        self._index: torch.Tensor | None = None
+        self._index: torch.Tensor | None = None  # scratch, reused between draws
+
+    def _bits(self, nwords: int, device: torch.device) -> torch.Tensor:
+        """``nwords`` random 64-bit words (int64) on ``device``."""
+        if device.type == "cpu":
+            seed = int(torch.empty((), dtype=torch.int64).random_())
+            raw = np.random.SFC64(seed).random_raw(nwords)
+            return torch.from_numpy(raw.view(np.int64))
+        words = torch.empty(nwords, dtype=torch.int64, device=device)
+        return words.random_(-(2**63), 2**63 - 1)
 
     def draw(self, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """``numel`` noise samples (a new tensor)."""
-        nwords = -(-numel // 4)
-        words, index = self._words, self._index
-        if words is None or index is None or words.numel() < nwords or words.device != device:
-            words = self._words = torch.empty(nwords, dtype=torch.int64, device=device)
-            index = self._index = torch.empty(4 * nwords, dtype=torch.int32, device=device)
-        words = words[:nwords].random_(-(2**63), 2**63 - 1)
-        idx = index[:numel]
-        idx.copy_(words.view(torch.int16)[:numel]).bitwise_and_(0xFFFF)
-        return _noise_table(self.kind, dtype, device).index_select(0, idx)
+        words = self._bits(-(-numel // 4), device)
+        index = self._index
+        if index is None or index.numel() < numel or index.device != device:
+            index = self._index = torch.empty(numel, dtype=torch.int32, device=device)
+        index = index[:numel]
+        index.copy_(words.view(torch.uint16)[:numel])  # zero-extends: 0..65535
+        return _noise_table(self.kind, dtype, device).index_select(0, index)
 
 
 def pseudo_quantization_noise(
@@ -290,6 +388,9 @@ class DiffQuantizer(BaseQuantizer):
         )
         self.config: DiffQConfig = config
         self._noise = QuantileNoise(config.noise)
+        # Per first occurrence: (logit, its version, sigmoid) of the last training forward
+        # (weakly held; reused by the size penalty while the logits are unchanged).
+        self._sigmoids: dict[int, tuple[Any, int, Any]] = {}
         super().__init__(model, config)
 
     # ------------------------------------------------------------------ parametrisation
@@ -356,6 +457,14 @@ class DiffQuantizer(BaseQuantizer):
         owner = module if (module is not None and qp.other is None) else first.module
         return module_param(owner, first.param_name + self.suffix)
 
+    def _full_logit(self, qp: QuantizedParam) -> torch.Tensor:
+        """The logits of ``qp`` as one ordinary tensor: sharded ones (FSDP2's DTensor)
+        are gathered (differentiably), so sizes and widths see every group."""
+        logit = self._logit(qp)
+        if hasattr(logit, "full_tensor") and hasattr(logit, "placements"):
+            return logit.full_tensor()
+        return logit
+
     def _register_param(self, qp: QuantizedParam) -> None:
         weight = qp.tensor()
         gs = self._group_size(qp)
@@ -377,18 +486,41 @@ class DiffQuantizer(BaseQuantizer):
     # ------------------------------------------------------------------------ forward
     def _train_weight(self, qp: QuantizedParam, module: nn.Module) -> torch.Tensor | None:
         weight = qp.tensor(module if qp.other is None else None)
-        scale = self.get_noise_scale(self._logit(qp, module))
-        kind = self.config.noise
-        if self.config.fast_noise:
+        logit = self._logit(qp, module)
+        cfg = self.config
+        if cfg.param != "bits":
+            scale = self.get_noise_scale(logit)
+        if cfg.fast_noise:
             eps = self._noise.draw(weight.numel(), weight.dtype, weight.device)
         else:
-            eps = _fresh_noise(kind, weight.numel(), weight.dtype, weight.device)
-        return _PseudoQuantNoise.apply(weight, scale, eps, _FACTORS[kind])
+            eps = _fresh_noise(cfg.noise, weight.numel(), weight.dtype, weight.device)
+        factor = _FACTORS[cfg.noise]
+        if cfg.param == "bits":
+            span = cfg.max_bits - cfg.min_bits
+            record = (self._sigmoids, qp.first.index)
+            return _BitsPseudoQuantNoise.apply(
+                weight, logit, eps, factor, cfg.min_bits, span, record
+            )
+        return _PseudoQuantNoise.apply(weight, scale, eps, factor)
+
+    def _sigmoid_sum(self, qp: QuantizedParam, logit: torch.Tensor) -> torch.Tensor:
+        """``sigmoid(logit).sum()``, reusing the sigmoid of this step's training forward."""
+        cached = self._sigmoids.get(qp.index)
+        if cached is not None and cached[0]() is logit and cached[1] == logit._version:
+            t = cached[2]()
+            if t is not None:
+                return _SigmoidSum.apply(logit, t)
+        return torch.sigmoid(logit).sum()
 
     def _widths(self, qp: QuantizedParam) -> torch.Tensor:
+        cfg = self.config
         with torch.no_grad():
-            bits = self.get_bits(self._logit(qp)) + self.config.extra_bits
-            return bits.round_().clamp_(1, MAX_BITS).to(torch.uint8)
+            logit = self._full_logit(qp)
+            if cfg.param == "bits":  # get_bits' operations, in place
+                bits = torch.sigmoid(logit).mul_(cfg.max_bits - cfg.min_bits).add_(cfg.min_bits)
+            else:
+                bits = self.get_bits(logit)
+            return bits.add_(cfg.extra_bits).round_().clamp_(1, MAX_BITS).to(torch.uint8)
 
     def get_widths(self) -> dict[str, torch.Tensor]:
         """Rounded bits per group (what is stored), by parameter name."""
@@ -420,13 +552,13 @@ class DiffQuantizer(BaseQuantizer):
 
     def _quantized_bits(self, qp: QuantizedParam, exact: bool) -> torch.Tensor:
         gs = self._group_size(qp)
-        logit = self._logit(qp)
+        logit = self._full_logit(qp)
         cfg = self.config
         if exact:
             total = self._widths(qp).sum(dtype=logit.dtype)
         elif cfg.param == "bits":
             # sum_g b_g = G * min_bits + (max_bits - min_bits) * sum_g sigmoid(l_g)
-            total = torch.sigmoid(logit).sum() * (cfg.max_bits - cfg.min_bits)
+            total = self._sigmoid_sum(qp, logit) * (cfg.max_bits - cfg.min_bits)
             total = total + logit.numel() * (cfg.min_bits + cfg.extra_bits)
         else:
             total = (self.get_bits(logit) + cfg.extra_bits).sum()
