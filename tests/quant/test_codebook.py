@@ -140,3 +140,64 @@ def test_encoder_single_level_and_sorted_check() -> None:
     assert Encoder(torch.zeros(0)).encode(torch.randn(7)).tolist() == [0] * 7
     with pytest.raises(ValueError, match="sorted"):
         Encoder(torch.tensor([1.0, 0.0]))
+
+
+def _two_lookup_codes(enc: Encoder, u: torch.Tensor) -> torch.Tensor:
+    """The encoder's definition: code at the cell start, plus one past the cell's threshold."""
+    u = u.clamp(0.0, float(enc.cells - 1))
+    cell = u.to(torch.int32)
+    return enc.code_lut[cell].long() + (u >= enc.thr_lut[cell]).long()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    ("dist", "n"),
+    [("gaussian", 2), ("gaussian", 16), ("gaussian_cdf", 7), ("logistic", 256), ("uniform", 5),
+     ("cauchy_cdf", 64)],
+)  # fmt: skip
+def test_sum_table_equals_two_lookups(dist: str, n: int, dtype: torch.dtype) -> None:
+    _, thr = dist_codebook(dist, n, 1.3)
+    enc = Encoder(thr)
+    table = enc.sum_table(dtype)
+    assert table is not None and table.dtype == dtype
+    g = torch.Generator().manual_seed(n)
+    cells = torch.arange(enc.cells, dtype=dtype)
+    t = enc.thr_lut.to(dtype)
+    t = t[torch.isfinite(t)]
+    inf = torch.tensor(float("inf"), dtype=dtype)
+    u = torch.cat(
+        [
+            torch.rand(200_000, generator=g, dtype=dtype) * (enc.cells + 4) - 2,
+            cells, torch.nextafter(cells, -inf), torch.nextafter(cells, inf),
+            t, torch.nextafter(t, -inf), torch.nextafter(t, inf),
+        ]
+    )  # fmt: skip
+    u = u.clamp(0.0, float(enc.cells - 1))
+    fast = (table[u.to(torch.int32)] + u).to(torch.int64)  # one rounding, then truncation
+    assert torch.equal(fast, _two_lookup_codes(enc, u))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [2, 4, 8, 16])
+def test_data_thresholds_count_equals_encode(n: int, dtype: torch.dtype) -> None:
+    _, thr = dist_codebook("gaussian", n, 0.9)
+    enc = Encoder(thr)
+    loc, scale = 0.37, 1.9
+    a, b = enc.affine(loc, scale)
+    a, b = float(torch.tensor(a, dtype=dtype)), float(torch.tensor(b, dtype=dtype))
+    xt = enc.data_thresholds(a, b, dtype)
+    assert xt is not None and xt.shape == (n - 1,)
+    g = torch.Generator().manual_seed(n)
+    edges = torch.from_numpy(xt)
+    inf = torch.tensor(float("inf"), dtype=dtype)
+    x = torch.cat(
+        [
+            torch.randn(200_000, generator=g, dtype=dtype) * 4 + loc,
+            edges, torch.nextafter(edges, -inf), torch.nextafter(edges, inf),
+            torch.tensor([-1e30, 1e30, 0.0, -0.0], dtype=dtype),
+        ]
+    )  # fmt: skip
+    counted = (x[:, None] >= edges[None, :]).sum(1)
+    assert torch.equal(counted, enc.encode(x, a, b, normalized=True).long())
+    # and they are thresholds of the real codebook, in data units
+    assert torch.allclose(edges, loc + scale * thr.to(dtype), atol=1e-5 * scale)

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from optiquant.quant.codebook import gaussian_lloyd_max
+import optiquant.quant.distributional as D
+from optiquant.quant.codebook import Encoder, gaussian_lloyd_max
 from optiquant.quant.distributional import DISTS, METHODS, dequantize, dist_codebook, quantize
 
 
@@ -267,3 +268,69 @@ def test_bad_arguments() -> None:
     qr, ir = quantize(x, k=4, packbits=False)
     with pytest.raises(ValueError, match="codes must lie"):
         dequantize(qr.long() + 16, **ir)
+
+
+def _generic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Force the device-independent torch path (no CPU chunk loops)."""
+    monkeypatch.setattr(D, "_encode_cpu", lambda *args, **kwargs: None)
+    monkeypatch.setattr(D, "_decode_cpu", lambda *args, **kwargs: None)
+
+
+# Sizes that cross the CPU chunk boundaries and end inside a packed word.
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 6, 7, 8, 9, 16])
+@pytest.mark.parametrize("packbits", [True, False])
+def test_cpu_fast_path_equals_generic_path(
+    k: int, packbits: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x = _randn(600_001, seed=40 + k) * 2.5 + 0.3
+    x[:3] = torch.tensor([80.0, -80.0, 0.0])  # far outside the thresholds
+    q, info = quantize(x, k=k, beta=1.1, packbits=packbits)
+    y = dequantize(q, **info)
+    with monkeypatch.context() as mp:
+        _generic(mp)
+        q0, info0 = quantize(x, k=k, beta=1.1, packbits=packbits)
+        y0 = dequantize(q0, **info0)
+        y_mixed = dequantize(q, **info)  # generic decoder, fast codes
+    assert q.dtype == q0.dtype and torch.equal(q, q0)
+    assert torch.equal(y, y0) and torch.equal(y_mixed, y0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("k", [2, 3, 4, 8])
+def test_cpu_fast_path_equals_generic_path_other_dtypes(
+    dtype: torch.dtype, k: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x = _randn(300_007, seed=50 + k).to(dtype)
+    q, info = quantize(x, k=k, beta=1.0)
+    y = dequantize(q, **info)
+    with monkeypatch.context() as mp:
+        _generic(mp)
+        q0, info0 = quantize(x, k=k, beta=1.0)
+        y0 = dequantize(q0, **info0)
+    assert torch.equal(q, q0) and y.dtype == dtype and torch.equal(y, y0)
+
+
+def test_threaded_chunks_give_the_same_codes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(D, "_CHUNK_COUNT", 1 << 14)  # many chunks: two workers take part
+    x = _randn(700_003, seed=60)
+    assert D._workers(x.numel(), 1 << 14) == 1  # one torch thread here
+    for k in (2, 3, 8):
+        _, th = dist_codebook("gaussian", 1 << k, 1.0)
+        enc = Encoder(th)
+        a, b = (float(torch.tensor(v, dtype=torch.float32)) for v in enc.affine(0.1, 0.9))
+        one = D._encode_cpu(x, enc, a, b, k, True, torch.float32)
+        torch.set_num_threads(2)  # conftest restores the setting
+        two = D._encode_cpu(x, enc, a, b, k, True, torch.float32)
+        torch.set_num_threads(1)
+        assert one is not None and two is not None and torch.equal(one, two)
+
+
+def test_nearly_constant_large_tensor_is_not_constant() -> None:
+    x = torch.zeros(1 << 20)
+    x[12345] = 1.0  # missed by the strided probe: the range decides
+    q, info = quantize(x, k=2, beta=1.0)
+    y = dequantize(q, **info)
+    assert float(y[12345]) > float(y[0])
+    c = torch.full((1 << 20,), 0.1)
+    q, info = quantize(c, k=2, beta=1.0)
+    assert torch.equal(dequantize(q, **info), c)

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from optiquant.quant.wordpack import codes_per_word, pack_words, unpack_words, words_needed
+from optiquant.quant.wordpack import (
+    codes_per_word,
+    pack_bytes_into,
+    pack_float_into,
+    pack_words,
+    unpack_words,
+    words_needed,
+)
 
 
 @pytest.mark.parametrize("bits", list(range(1, 17)))
@@ -56,3 +64,24 @@ def test_matches_distquant_packing_when_installed() -> None:
         q, _ = distquant.quantize(x, k=k, dist="gaussian", beta=1.0, packbits=True)
         raw, _ = distquant.quantize(x, k=k, dist="gaussian", beta=1.0, packbits=False)
         assert torch.equal(pack_words(raw.reshape(-1), k), q)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_in_place_byte_packing_matches_pack_words(bits: int) -> None:
+    g = torch.Generator().manual_seed(bits)
+    full = torch.full((64,), 2**bits - 1)
+    for codes in (torch.randint(0, 2**bits, (64 * 37,), generator=g), full):
+        out = np.empty(codes.numel() * bits // 8, dtype=np.uint8)
+        pack_bytes_into(codes.to(torch.uint8).numpy().copy(), bits, out)
+        assert torch.equal(torch.from_numpy(out.view(np.int64)), pack_words(codes, bits))
+
+
+@pytest.mark.parametrize("bits", [3, 5, 6, 7, 9, 12, 16])
+def test_float_packing_matches_pack_words(bits: int) -> None:
+    per = codes_per_word(bits)
+    g = torch.Generator().manual_seed(bits)
+    codes = torch.randint(0, 2**bits, (per * 301,), generator=g)
+    codes[:per] = 2**bits - 1  # all bits set in the first word
+    out = np.empty(301, dtype=np.int64)
+    pack_float_into(codes.to(torch.float32).numpy(), bits, out)
+    assert torch.equal(torch.from_numpy(out), pack_words(codes, bits))

@@ -9,8 +9,9 @@ sorted ``thresholds`` between them: a value ``x`` gets the code
   any partition, cost ``O(n log m)`` instead of a pass over the data.
 * :func:`lloyd_max` runs Lloyd-Max iterations (1-D k-means) on such a sample.
 * :func:`gaussian_lloyd_max` gives the MSE-optimal codebook for ``N(0, 1)``.
-* :class:`Encoder` turns thresholds into a branch-free lookup encoder that
-  processes tensors chunk by chunk (about 2 GB/s on two CPU cores).
+* :class:`Encoder` turns thresholds into a branch-free encoder: one lookup and
+  one addition per value, or, for a few thresholds, a count of the exact
+  data-unit thresholds below each value.
 """
 
 from __future__ import annotations
@@ -58,6 +59,29 @@ def midpoints(levels: torch.Tensor) -> torch.Tensor:
     return 0.5 * (levels[1:] + levels[:-1])
 
 
+def _outside(flat: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """The values of ``flat`` below ``lo`` or above ``hi``, in order."""
+    if flat.device.type != "cpu" or flat.dtype not in (torch.float32, torch.float64):
+        return flat[(flat < lo) | (flat > hi)]
+    xn = flat.contiguous().numpy()
+    lo_v, hi_v = xn.dtype.type(float(lo)), xn.dtype.type(float(hi))
+    step = 1 << 18
+    below = np.empty(step, dtype=np.bool_)
+    above = np.empty(step, dtype=np.bool_)
+    parts = []
+    for start in range(0, xn.size, step):
+        xc = xn[start : start + step]
+        m = xc.size
+        np.less(xc, lo_v, out=below[:m])
+        np.greater(xc, hi_v, out=above[:m])
+        np.logical_or(below[:m], above[:m], out=below[:m])
+        if below[:m].any():
+            parts.append(xc[below[:m]])
+    if not parts:
+        return flat[:0].clone()
+    return torch.from_numpy(np.concatenate(parts))
+
+
 class SortedSample:
     """A weighted, sorted sample of a tensor with float64 prefix sums.
 
@@ -72,13 +96,15 @@ class SortedSample:
 
     def __init__(self, values: torch.Tensor, weights: torch.Tensor | None = None) -> None:
         v = values.detach().reshape(-1).to(device="cpu", dtype=torch.float64)
+        # numpy's sort (vectorised on x86) gives the same sorted values and,
+        # since equal values always come with equal weights here, the same weights
         if weights is None:
-            v, _ = torch.sort(v)
+            v = torch.from_numpy(np.sort(v.numpy()))
             w = torch.ones_like(v)
         else:
             w = weights.detach().reshape(-1).to(device="cpu", dtype=torch.float64)
-            v, order = torch.sort(v)
-            w = w[order]
+            order = torch.from_numpy(np.argsort(v.numpy()))
+            v, w = v[order], w[order]
         self.values = v
         zero = torch.zeros(1, dtype=torch.float64)
         # Prefix sums are centred on the weighted mean, which keeps the
@@ -111,7 +137,7 @@ class SortedSample:
         idx = torch.randint(0, numel, (max_size,), generator=gen, device=flat.device)
         mid = flat[idx]
         lo, hi = torch.aminmax(mid)
-        outside = flat[(flat < lo) | (flat > hi)]
+        outside = _outside(flat, lo, hi)
         w_mid = (numel - outside.numel()) / max_size
         vals = torch.cat([mid, outside])
         weights = torch.cat(
@@ -311,7 +337,8 @@ class Encoder:
     The threshold range is cut into ``M`` cells narrower than the smallest gap
     between thresholds, so each cell holds at most one threshold. A value's
     code is the code at its cell's start plus one if it lies past the cell's
-    threshold: two gathers and a compare, no branches. Values are mapped to
+    threshold, which one lookup and one addition compute exactly (see
+    :meth:`sum_table`; otherwise two lookups and a compare). Values are mapped to
     cells by ``u = x * a + b`` (``a``, ``b`` per tensor or per group), which
     also applies a normalisation for free. When the grid would be too large
     (extremely uneven thresholds) the encoder falls back to binary search.
@@ -330,6 +357,7 @@ class Encoder:
         self.device = device if device is not None else torch.device("cpu")
         self.thresholds = t
         self.grid = True
+        self._sum_tables: dict[torch.dtype, torch.Tensor | None] = {}
         if t.numel() == 0:
             self.lo, self.h, self.cells = 0.0, 1.0, 1
             self.code_lut = torch.zeros(1, dtype=self.dtype, device=self.device)
@@ -360,6 +388,125 @@ class Encoder:
         thr_u = torch.where(inside, (nxt - start) / h, torch.full_like(nxt, math.inf))
         self.code_lut = code_at.to(self.dtype).to(self.device)
         self.thr_lut = thr_u.to(torch.float32).to(self.device)
+
+    def sum_table(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """One-lookup form of the grid encoder for grid units ``u`` of ``dtype``, or None.
+
+        A table ``S`` (on the encoder's device, of ``dtype``) such that, for every
+        ``u`` of that dtype clamped to ``[0, cells - 1]`` and its cell ``c =
+        trunc(u)``, ``trunc(S[c] + u)`` (one rounding in ``dtype``) equals
+        :meth:`encode`'s ``code_lut[c] + (u >= thr_lut[c])``. Within a cell
+        the exact sum is ``code + 1 + (u - threshold)``, and both sides are
+        monotone in ``u``, so checking each cell's ends and both sides of its
+        threshold proves the equality; an entry that fails is moved by a few
+        ulps until it passes. None when that does not succeed (or without a grid).
+        """
+        if dtype not in (torch.float32, torch.float64) or not self.grid:
+            return None
+        cached = self._sum_tables.get(dtype)
+        if cached is not None or dtype in self._sum_tables:
+            return cached
+        npd = np.float32 if dtype == torch.float32 else np.float64
+        code = self.code_lut.cpu().numpy().astype(np.float64)
+        thr = self.thr_lut.cpu().numpy().astype(npd)
+        cell = np.arange(self.cells, dtype=np.float64)
+        lo = cell.astype(npd)
+        hi = np.nextafter((cell + 1.0).astype(npd), npd(0.0))
+        hi[-1] = lo[-1]  # u is clamped to cells - 1
+        inside = (thr > lo) & (thr <= hi)
+        whole = thr <= lo  # the whole cell is at or past its threshold
+        t_in = np.where(inside, thr, lo)
+        table = np.where(
+            inside,
+            code + 1.0 - t_in.astype(np.float64),
+            np.where(whole, code + 1.0 - cell, code - cell),
+        ).astype(npd)
+        points = [lo, hi, t_in, np.where(inside, np.nextafter(t_in, npd(-np.inf)), lo)]
+        wanted = [code + (p >= thr) for p in points]
+
+        def passes(tab: np.ndarray) -> np.ndarray:
+            ok = np.ones(self.cells, dtype=bool)
+            with np.errstate(invalid="ignore", over="ignore"):
+                for p, w in zip(points, wanted, strict=True):
+                    ok &= np.trunc((tab + p).astype(npd)) == w
+            return ok
+
+        ok = passes(table)
+        for steps in range(1, 9):
+            if ok.all():
+                break
+            for direction in (np.inf, -np.inf):
+                cand = table
+                for _ in range(steps):
+                    cand = np.nextafter(cand, npd(direction))
+                cand_ok = passes(cand)
+                fix = ~ok & cand_ok
+                table = np.where(fix, cand, table)
+                ok |= fix
+        result = torch.from_numpy(table).to(self.device) if ok.all() else None
+        self._sum_tables[dtype] = result
+        return result
+
+    def data_thresholds(self, a: float, b: float, dtype: torch.dtype) -> np.ndarray | None:
+        """Thresholds on ``x`` itself for :meth:`encode` with ``normalized=True``.
+
+        For values ``x`` of ``dtype`` (float32 or float64) and ``a > 0``,
+        ``encode(x, a, b, normalized=True)`` equals the number of entries of
+        the returned array (of that dtype) that are ``<= x``: entry ``k - 1``
+        is the smallest ``x`` whose code is at least ``k``, found by bisection
+        over the ordered floats (``+inf`` when no finite ``x`` reaches code
+        ``k``). This holds because the code is a non-decreasing function of
+        ``x``; None when that cannot be shown (no grid, or ``a <= 0``).
+        """
+        if dtype not in (torch.float32, torch.float64) or not self.grid or not a > 0.0:
+            return None
+        if dtype == torch.float32:
+            npd, npi, npu = np.float32, np.int32, np.uint32
+        else:
+            npd, npi, npu = np.float64, np.int64, np.uint64
+        code = self.code_lut.cpu().numpy().astype(np.int64)
+        thr = self.thr_lut.cpu().numpy().astype(npd)
+        top = self.cells - 1
+        cell = np.arange(self.cells)
+        # the code is non-decreasing in the grid unit u: check across cell ends
+        end = code + (thr <= np.nextafter((cell + 1).astype(npd), npd(0.0)))
+        start = code + (thr <= cell.astype(npd))
+        if bool((end[:-1] > start[1:]).any()):
+            return None
+        a_w, b_w = npd(a), npd(b)
+        mask = npi(np.iinfo(npi).max)
+        shift = npi(8 * np.dtype(npi).itemsize - 1)
+
+        def to_float(key: np.ndarray) -> np.ndarray:  # ordered integer key <-> float bits
+            return (key ^ ((key >> shift) & mask)).view(npd)
+
+        def code_of(x: np.ndarray) -> np.ndarray:
+            with np.errstate(over="ignore", invalid="ignore"):
+                u = np.add(np.multiply(x, a_w), b_w)  # two roundings, as encode
+            u = np.clip(u, npd(0.0), npd(top))
+            c = u.astype(np.int64)
+            return code[c] + (u >= thr[c])
+
+        biggest = np.finfo(npd).max
+        m = self.n - 1
+        lo_key = np.full(m, -biggest, dtype=npd).view(npi) ^ mask
+        hi_key = np.full(m, biggest, dtype=npd).view(npi).copy()
+        want = np.arange(1, self.n)
+        below = code_of(to_float(lo_key)) >= want  # reached at the lowest float already
+        above = code_of(to_float(hi_key)) < want  # never reached by a finite value
+        # for the others: code(float(lo)) < want <= code(float(hi))
+        for _ in range(8 * np.dtype(npi).itemsize + 1):
+            gap = hi_key.view(npu) - lo_key.view(npu)
+            if not bool((gap > 1).any()):
+                break
+            mid = (lo_key.view(npu) + gap // npu(2)).view(npi)
+            ok = code_of(to_float(mid)) >= want
+            hi_key = np.where(ok, mid, hi_key)
+            lo_key = np.where(ok, lo_key, mid)
+        out = to_float(hi_key).copy()
+        out[below] = -np.inf
+        out[above] = np.inf
+        return out
 
     def affine(self, loc: float, scale: float) -> tuple[float, float]:
         """``(a, b)`` so ``x * a + b`` is in grid units for thresholds on ``(x - loc) / scale``."""
@@ -401,6 +548,10 @@ class Encoder:
             u = u.float()
         u.clamp_(0.0, float(self.cells - 1))
         cell = u.to(torch.int32)
+        table = self.sum_table(u.dtype)
+        if table is not None:
+            s = torch.index_select(table.to(u.device), 0, cell)
+            return s.add_(u).to(self.dtype)
         code = torch.index_select(self.code_lut, 0, cell)
         thr = torch.index_select(self.thr_lut, 0, cell)
         ge = u >= thr

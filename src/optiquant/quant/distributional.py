@@ -28,8 +28,10 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import torch
 
 from optiquant.quant.codebook import (
@@ -40,7 +42,13 @@ from optiquant.quant.codebook import (
     lloyd_max,
     midpoints,
 )
-from optiquant.quant.wordpack import codes_per_word, pack_words, unpack_words
+from optiquant.quant.wordpack import (
+    codes_per_word,
+    pack_bytes_into,
+    pack_float_into,
+    pack_words,
+    unpack_words,
+)
 
 __all__ = ["DISTS", "METHODS", "dequantize", "dist_codebook", "quantize"]
 
@@ -63,6 +71,14 @@ _SCALINGS = ("std", "absmax")
 _EULER_GAMMA = 0.5772156649015329
 _MAX_N = 1 << 16
 _CHUNK = 1 << 18
+# The CPU path keeps its five chunk buffers (13 to 25 bytes per value) in L2.
+_CHUNK_CPU = 3 << 15
+_CHUNK_COUNT = 1 << 18  # the counting path needs 6 bytes per value
+# Up to this many thresholds (k <= 3), counting the thresholds below each value
+# (one compare and one byte add each) beats the table lookup.
+_COUNT_MAX = 7
+# The lookup path reads two cells at once (a table of 256 * cells pairs) up to this.
+_PAIR_CELLS = 64
 # Below torch's intra-op grain size (32768) operations run on the calling thread.
 # With several threads, chunks that small avoid the thread synchronisation per
 # operation, which costs 10x or more when the machine is busy.
@@ -165,22 +181,38 @@ def _bits_for(n: int) -> int:
 
 # ------------------------------------------------------------------------------- fitting
 class _Stats:
-    """Location/scale statistics of the data, per tensor or per group (tensors)."""
+    """Location/scale statistics of the data, per tensor or per group (tensors).
 
-    def __init__(self, x: torch.Tensor, group_size: int | None) -> None:
+    Per tensor, ``sums`` may give the already computed ``(x.sum(), x @ x)``; the
+    range (``lo``, ``hi``) is then only computed when a fit needs it.
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        group_size: int | None,
+        sums: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
         self.numel = x.numel()
         self.group_size = group_size
+        self._x = x
+        self._range: tuple[torch.Tensor, torch.Tensor] | None = None
         if group_size is None:
-            s = x.sum().double()
-            sq = torch.dot(x, x).double()
+            s, sq = sums if sums is not None else (x.sum(), torch.dot(x, x))
+            s, sq = s.double(), sq.double()
             mean = s / self.numel
             var = (sq - self.numel * mean * mean) / max(self.numel - 1, 1)
             if float(var) < 1e-3 * float(sq / self.numel):
                 var = torch.var(x.double())  # cancellation: recompute exactly
-            lo, hi = torch.aminmax(x)
             self.mean = mean.reshape(1)
             self.std = var.clamp(min=0).sqrt().reshape(1)
-            self.lo, self.hi = lo.double().reshape(1), hi.double().reshape(1)
+            # Two different values in a strided sample settle it without a pass
+            # over the data; otherwise compare the range.
+            probe = x[:: max(1, self.numel // 1024)]
+            if bool((probe != probe[0]).any()):
+                self.constant = torch.zeros(1, dtype=torch.bool, device=x.device)
+            else:
+                self.constant = self.lo == self.hi
         else:
             full = (self.numel // group_size) * group_size
             parts = []
@@ -208,18 +240,39 @@ class _Stats:
                 his.append(t.max().reshape(1))
             self.mean = torch.cat(means)
             self.std = torch.cat(stds)
-            self.lo = torch.cat(los)
-            self.hi = torch.cat(his)
-        self.constant = self.lo == self.hi
+            self._range = (torch.cat(los), torch.cat(his))
+            self.constant = self._range[0] == self._range[1]
         self._quart: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        self._x = x
+        self._samples: dict[int, SortedSample] = {}
+
+    def sample(self, max_size: int) -> SortedSample:
+        """``SortedSample.from_tensor(x, max_size)``, computed once per size."""
+        if max_size not in self._samples:
+            self._samples[max_size] = SortedSample.from_tensor(self._x, max_size)
+        return self._samples[max_size]
+
+    @property
+    def lo(self) -> torch.Tensor:
+        """Smallest value per tensor or group (float64)."""
+        return self._minmax()[0]
+
+    @property
+    def hi(self) -> torch.Tensor:
+        """Largest value per tensor or group (float64)."""
+        return self._minmax()[1]
+
+    def _minmax(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._range is None:
+            lo, hi = torch.aminmax(self._x)
+            self._range = (lo.double().reshape(1), hi.double().reshape(1))
+        return self._range
 
     def quartiles(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(q25, median, q75) per tensor or per group (on a sample when large)."""
         if self._quart is None:
             q = torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64, device=self._x.device)
             if self.group_size is None:
-                s = SortedSample.from_tensor(self._x, max_size=1 << 18)
+                s = self.sample(1 << 18)
                 v = s.quantiles(q.cpu()).to(self._x.device)
                 self._quart = (v[0:1], v[1:2], v[2:3])
             else:
@@ -261,7 +314,8 @@ class _Stats:
         if zero is not None and dist not in ("exponential", "exponential_cdf"):
             loc = torch.full_like(loc, zero)
         # A constant tensor/group is reproduced exactly: all of it sits at loc.
-        loc = torch.where(self.constant, self.lo, loc)
+        if bool(self.constant.any()):
+            loc = torch.where(self.constant, self.lo, loc)
         scale = torch.where(self.constant | (scale <= 0), torch.zeros_like(scale), scale)
         return loc, scale
 
@@ -381,6 +435,201 @@ def _chunk_len(per_word: int, group_size: int | None) -> int:
     return base * max(1, target // base)
 
 
+def _np_empty(numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """Uninitialised CPU output tensor; large ones get their memory from numpy.
+
+    numpy asks the kernel for huge pages on large buffers, which makes the
+    first write to a fresh 64 MiB output about three times cheaper than with
+    torch's allocator (page faults dominate a single pass over new memory).
+    Such a tensor cannot be resized in place; smaller outputs, which the C
+    allocator recycles without faults, are ordinary torch tensors.
+    """
+    if numel * dtype.itemsize < _NP_ALLOC_MIN:
+        return torch.empty(numel, dtype=dtype)
+    if dtype == torch.bfloat16:
+        return torch.from_numpy(np.empty(numel, dtype=np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(np.empty(numel, dtype=_NP_DTYPE[dtype]))
+
+
+_NP_ALLOC_MIN = 1 << 25
+_NP_DTYPE = {
+    torch.float16: np.float16,
+    torch.float32: np.float32,
+    torch.float64: np.float64,
+    torch.uint8: np.uint8,
+    torch.int32: np.int32,
+    torch.int64: np.int64,
+}
+
+
+def _workers(numel: int, step: int) -> int:
+    """Python threads for the CPU chunk loops: torch's thread count, if there is work."""
+    return max(1, min(torch.get_num_threads(), 8, numel // (4 * step)))
+
+
+def _run_chunks(fn: Callable[[int, int, int], None], numel: int, step: int, workers: int) -> None:
+    """``fn(worker, start, end)`` over the chunks, spread over ``workers`` threads.
+
+    numpy and torch release the GIL inside their kernels, so the threads run
+    in parallel; each worker owns its buffers and writes its own output range.
+    """
+    starts = range(0, numel, step)
+    if workers == 1:
+        for start in starts:
+            fn(0, start, min(start + step, numel))
+        return
+
+    def work(w: int) -> None:
+        for start in starts[w::workers]:
+            fn(w, start, min(start + step, numel))
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for f in [pool.submit(work, w) for w in range(workers)]:
+            f.result()
+
+
+def _encode_cpu(
+    x: torch.Tensor,
+    enc: Encoder,
+    a: float,
+    b: float,
+    bits: int,
+    packbits: bool,
+    work: torch.dtype,
+) -> torch.Tensor | None:
+    """Per-tensor encoding on the CPU with preallocated chunk buffers, or None.
+
+    Same codes as :meth:`Encoder.encode`. With at most ``_COUNT_MAX``
+    thresholds the code is counted directly on the data, ``sum_j [x >= X_j]``
+    (:meth:`Encoder.data_thresholds`: one compare and one byte add per
+    threshold). Otherwise, per chunk: ``u = x * a + b`` (two roundings),
+    clamp, cell index, one table lookup and a sum truncated into the code
+    buffer (:meth:`Encoder.sum_table`; with at most ``_PAIR_CELLS`` cells one
+    lookup in a table of cell pairs serves two neighbouring values). The codes
+    are then packed into the output words in place. Chunks are sized for the
+    L2 cache.
+    """
+    if x.device.type != "cpu" or (packbits and not _LITTLE) or not enc.grid:
+        return None
+    thr_x = enc.data_thresholds(a, b, work) if enc.n - 1 <= _COUNT_MAX else None
+    table = enc.sum_table(work) if thr_x is None else None
+    if thr_x is None and table is None:
+        return None
+    pairs = None
+    if table is not None and enc.cells <= _PAIR_CELLS:
+        # row 256 * j + i holds (table[i], table[j]), j < cells: a little-endian uint16
+        # of the cells of two neighbours (i first) finds both sums at once
+        first = table[torch.arange(256).clamp(max=enc.cells - 1)].repeat(enc.cells)
+        both = torch.stack([first, table.repeat_interleave(256)], 1)
+        pairs = both.contiguous().view(_ROW_DTYPE[2 * table.element_size()]).reshape(-1)
+    numel = x.numel()
+    npw = np.float32 if work == torch.float32 else np.float64
+    per = codes_per_word(bits) if packbits else 1
+    byte_pack = packbits and bits in (1, 2, 4, 8)
+    direct = packbits and bits == 8 and enc.dtype == torch.uint8  # codes are the bytes
+    # With several torch threads, the counting path (numpy only) spreads its
+    # chunks over Python threads; the lookup path leaves them to torch's own
+    # operations (Python threads measured slower there).
+    step = per * max(1, (_CHUNK_COUNT if table is None else _CHUNK_CPU) // per)
+    threads = torch.get_num_threads() > 1
+    workers = _workers(numel, step) if threads and table is None else 1
+    xin = x.resolve_neg().numpy() if x.dtype == work else None
+    if packbits:
+        words = _np_empty(-(-numel // per), torch.int64)
+        out_w = words.numpy()
+        out_b = out_w.view(np.uint8)
+    else:
+        words = _np_empty(numel, enc.dtype)
+        out_c = words.numpy()
+    a_w, b_w, top = npw(a), npw(b), float(enc.cells - 1)
+
+    def buffers() -> dict[str, Any]:
+        buf: dict[str, Any] = {}
+        if xin is None:
+            buf["x"] = torch.empty(step, dtype=work)
+        if table is not None:
+            buf["u"] = torch.empty(step, dtype=work)
+            buf["cell"] = torch.empty(step, dtype=torch.int32)
+            buf["cell8"] = np.empty(step + 1, dtype=np.uint8)
+            buf["acc"] = torch.empty(step + 2, dtype=work)
+        else:
+            buf["flag"] = np.empty(step, dtype=np.bool_)
+        if packbits:
+            buf["codes"] = np.empty(step, dtype=np.uint8)
+            buf["fcodes"] = np.empty(step if not byte_pack else 0, dtype=np.float32)
+        return buf
+
+    pool = [buffers() for _ in range(workers)]
+
+    def chunk(worker: int, start: int, end: int) -> None:
+        buf = pool[worker]
+        m = end - start
+        if xin is not None:
+            xc = xin[start:end]
+        else:
+            buf["x"][:m].copy_(x[start:end])
+            xc = buf["x"][:m].numpy()
+        w0, w1 = start // per, -(-end // per)
+        n_codes = (w1 - w0) * per
+        if not packbits:
+            dest = out_c[start:end]
+        elif direct:
+            dest = out_b[8 * w0 : 8 * w1]
+        elif byte_pack or thr_x is not None:
+            dest = buf["codes"][:n_codes]
+        else:
+            dest = buf["fcodes"][:n_codes]
+        dm = dest[:m]
+        if thr_x is not None:  # count the data thresholds at or below each value
+            if thr_x.size == 0:
+                dm[...] = 0
+            else:
+                flag = buf["flag"][:m]
+                np.greater_equal(xc, thr_x[0], out=dm.view(np.bool_))
+                for t in thr_x[1:]:
+                    np.greater_equal(xc, t, out=flag)
+                    np.add(dm, flag.view(np.uint8), out=dm)
+        else:  # grid cell, one lookup, truncated sum
+            assert table is not None
+            u_t, acc_t = buf["u"][:m], buf["acc"][:m]
+            u, acc = u_t.numpy(), acc_t.numpy()
+            np.multiply(xc, a_w, out=u)
+            np.add(u, b_w, out=u)
+            u_t.clamp_(0.0, top)
+            if pairs is None:
+                cell_t = buf["cell"][:m]
+                np.copyto(cell_t.numpy(), u, casting="unsafe")
+                torch.index_select(table, 0, cell_t, out=acc_t)
+            else:  # two neighbours per lookup: cell bytes read as one uint16
+                m2 = m + (m & 1)
+                c8 = buf["cell8"][:m2]
+                if m2 > m:
+                    c8[m] = 0
+                np.copyto(c8[:m], u, casting="unsafe")
+                pair_t = buf["cell"][: m2 // 2]
+                np.copyto(pair_t.numpy(), c8.view(np.uint16), casting="unsafe")
+                torch.index_select(pairs, 0, pair_t, out=buf["acc"][:m2].view(pairs.dtype))
+            np.add(acc, u, out=acc)
+            if dm.dtype == np.float32:
+                np.trunc(acc, out=dm)
+            else:
+                np.copyto(dm, acc, casting="unsafe")  # truncates
+        if not packbits:
+            return
+        if n_codes > m:
+            dest[m:n_codes] = 0
+        if byte_pack:
+            pack_bytes_into(dest, bits, out_b[8 * w0 : 8 * w1])
+        else:
+            fcodes = buf["fcodes"][:n_codes]
+            if dest.dtype != np.float32:
+                np.copyto(fcodes, dest, casting="unsafe")
+            pack_float_into(fcodes, bits, out_w[w0:w1])
+
+    _run_chunks(chunk, numel, step, workers)
+    return words
+
+
 def _encode_all(
     x: torch.Tensor,
     enc: Encoder,
@@ -398,6 +647,9 @@ def _encode_all(
     b_all = (-(loc / safe + enc.lo) / enc.h).to(work)
     if group_size is None:
         a_s, b_s = float(a_all[0]), float(b_all[0])
+        fast = _encode_cpu(x, enc, a_s, b_s, bits, packbits, work)
+        if fast is not None:
+            return fast
     per = codes_per_word(bits) if packbits else 1
     step = _chunk_len(per, group_size)
     if packbits:
@@ -535,10 +787,18 @@ def quantize(
     numel = x.numel()
     if numel and x.dtype not in (torch.float32, torch.float64):
         x = x.to(work)
+    sums: tuple[torch.Tensor, torch.Tensor] | None = None
     if numel:
-        lo, hi = torch.aminmax(x)
-        if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
-            raise ValueError("data contains NaN or infinite values; quantize finite data only")
+        if group_size is None:
+            # finite sums prove finite data (a NaN or inf makes them non-finite)
+            sums = (x.sum(), torch.dot(x, x))
+            finite = math.isfinite(float(sums[0])) and math.isfinite(float(sums[1]))
+        else:
+            finite = False
+        if not finite:
+            lo, hi = torch.aminmax(x)
+            if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
+                raise ValueError("data contains NaN or infinite values; quantize finite data only")
     info: dict[str, Any] = {
         "dist": dist if dist is not None else "gaussian",
         "n": n_pts,
@@ -562,7 +822,7 @@ def quantize(
         )
         return q, info
 
-    stats = _Stats(x, group_size)
+    stats = _Stats(x, group_size, sums)
     snap = zero_v is not None
     candidates = list(DISTS) if dist is None else [dist]
     best: tuple[float, str, float, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -576,7 +836,7 @@ def quantize(
         sample = None
         if name == "lloyd" or beta_v is None or len(candidates) > 1:
             if group_size is None and base is None:
-                base = SortedSample.from_tensor(x, sample_size)
+                base = stats.sample(sample_size)
             crit = "mse" if name == "lloyd" else objective
             sample = _z_sample(x, loc, scale, group_size, sample_size, crit, base)
         if name == "lloyd":
@@ -623,6 +883,176 @@ def _byte_table(lut: torch.Tensor, bits: int) -> torch.Tensor:
     codes = (byte[:, None] >> shifts) & ((1 << bits) - 1)
     codes = codes.clamp(max=lut.numel() - 1)
     return lut[codes]
+
+
+_ROW_DTYPE = {2: torch.int16, 4: torch.int32, 8: torch.int64, 16: torch.complex128}
+
+
+def _decode_cpu(
+    q: torch.Tensor, lut: torch.Tensor, bits: int, packbits: bool, numel: int
+) -> torch.Tensor | None:
+    """Per-tensor decoding on the CPU into a fresh output, chunk by chunk, or None.
+
+    Packed widths 1, 2, 4, 8 decode each byte with one lookup in a table of
+    the byte's ``8 // bits`` values (read as one wide element), straight into
+    the output; other widths cut each word into groups of at most 31 bits,
+    then into codes, and look the codes up one by one.
+    """
+    if q.device.type != "cpu" or (packbits and not _LITTLE):
+        return None
+    n_pts = lut.numel()
+    out = _np_empty(numel, lut.dtype)
+    esize = lut.element_size()
+    if not packbits:
+        flat = q.reshape(-1)
+        if flat.dtype not in (torch.uint8, torch.int32, torch.int64, torch.int16):
+            flat = flat.to(torch.int64)
+        step = _CHUNK_CPU
+        idx = torch.empty(step, dtype=torch.int32)
+        for start in range(0, numel, step):
+            end = min(start + step, numel)
+            c = flat[start:end]
+            if n_pts < 256 or c.dtype != torch.uint8:
+                lo, hi = torch.aminmax(c)
+                if int(lo) < 0 or int(hi) >= n_pts:
+                    raise ValueError(f"codes must lie in [0, {n_pts - 1}]")
+            ci = c if c.dtype in (torch.int32, torch.int64) else idx[: end - start].copy_(c)
+            torch.index_select(lut, 0, ci, out=out[start:end])
+        return out
+    per = codes_per_word(bits)
+    words = q.reshape(-1).resolve_neg().contiguous().numpy()
+    n_words = words.size
+    if bits in (1, 2, 4, 8):
+        per_byte = 8 // bits
+        table = _byte_table(lut, bits).contiguous()  # (256, per_byte)
+        unit = 1  # bytes per lookup: two when the 65536-row table stays small (512 KiB)
+        if 2 * per_byte * esize <= 8:
+            pair = torch.cat(
+                [table.repeat_interleave(256, dim=0), table.repeat(256, 1)], dim=1
+            )  # row 256 * i + j decodes bytes (i, j)
+            # a little-endian uint16 reads bytes (b0, b1) as 256 * b1 + b0
+            table = pair.view(256, 256, -1).transpose(0, 1).reshape(65536, -1).contiguous()
+            unit = 2
+        vals = per_byte * unit  # values per lookup
+        row = vals * esize
+        table = table.view(_ROW_DTYPE[row]).reshape(-1) if row in _ROW_DTYPE else table
+        wstep = max(1, _CHUNK_CPU // per)
+        wbuf = np.empty(wstep, dtype=np.int64)
+        n_idx = 8 // unit  # lookups per word
+        idx = torch.empty(wstep * n_idx, dtype=torch.int32)
+        idx_np = idx.numpy()
+        tail_out = torch.empty(per, dtype=lut.dtype)
+        for w0 in range(0, n_words, wstep):
+            w1 = min(w0 + wstep, n_words)
+            k = w1 - w0
+            wb = wbuf[:k]
+            np.copyto(wb, words[w0:w1])
+            wb.byteswap(inplace=True)  # byte order = code order
+            src = wb.view(np.uint8) if unit == 1 else wb.view(np.uint16)
+            np.copyto(idx_np[: n_idx * k], src, casting="unsafe")
+            start, end = w0 * per, min(w1 * per, numel)
+            full = (end - start) // per  # words whose codes all fit in the output
+            if full:
+                dst = out[start : start + full * per]
+                dst = dst.view(table.dtype) if table.dim() == 1 else dst.view(-1, vals)
+                torch.index_select(table, 0, idx[: n_idx * full], out=dst)
+            if full < k:  # the last, partial word
+                dst = tail_out.view(table.dtype) if table.dim() == 1 else tail_out.view(-1, vals)
+                torch.index_select(table, 0, idx[n_idx * full : n_idx * k], out=dst)
+                out[start + full * per : end] = tail_out[: end - start - full * per]
+        return out
+    if bits <= 7 and lut.element_size() <= 4:
+        return _decode_pairs(words, lut, bits, numel, out)
+    # Words -> groups of g codes (g divides per, at most 31 bits) -> code j of
+    # every group at once, looked up straight into every g-th output value.
+    g = max(d for d in range(1, per + 1) if per % d == 0 and d * bits <= 31)
+    ng = per // g
+    wstep = max(1, _CHUNK_COUNT // per)
+    grp = torch.empty(wstep, ng, dtype=torch.int64)
+    grp32 = torch.empty(wstep * ng, dtype=torch.int32)
+    code = torch.empty(wstep * ng, dtype=torch.int32)
+    words_t = torch.from_numpy(words)
+    tail = torch.empty(per, dtype=lut.dtype)
+    mask = (1 << bits) - 1
+    for w0 in range(0, n_words, wstep):
+        w1 = min(w0 + wstep, n_words)
+        k = w1 - w0
+        gk = grp[:k]
+        for j in range(ng):
+            torch.bitwise_right_shift(words_t[w0:w1], bits * (per - g * (j + 1)), out=gk[:, j])
+        gk.bitwise_and_((1 << (bits * g)) - 1)
+        gi = grp32[: k * ng]
+        gi.copy_(gk.reshape(-1))
+        start, end = w0 * per, min(w1 * per, numel)
+        full = (end - start) // per
+        dst = out[start : start + k * per] if full == k else tail.repeat(k)
+        cols = dst.view(k * ng, g)
+        for i in range(g):
+            c = code[: k * ng]
+            torch.bitwise_right_shift(gi, bits * (g - 1 - i), out=c)
+            c.bitwise_and_(mask)
+            if n_pts <= mask:
+                c.clamp_(max=n_pts - 1)
+            torch.index_select(lut, 0, c, out=cols[:, i])
+        if full < k:
+            out[start:end] = dst[: end - start]
+    return out
+
+
+def _decode_pairs(
+    words: np.ndarray, lut: torch.Tensor, bits: int, numel: int, out: torch.Tensor
+) -> torch.Tensor:
+    """Decode two codes per lookup (a table of value pairs) for widths up to 7 bits.
+
+    Words are taken one at a time (an even number of codes per word) or two
+    at a time; each pair of consecutive codes is cut out of its word (or, for
+    the pair that straddles two words, out of both) into a column of the index
+    array, and one lookup per pair writes two output values.
+    """
+    per = 64 // bits
+    span = 1 if per % 2 == 0 else 2  # words per block: an even number of codes
+    pc = span * per // 2  # pairs per block
+    n_words = words.size
+    n_pts = lut.numel()
+    vals = lut[torch.arange(1 << bits).clamp(max=n_pts - 1)]
+    pair_rows = torch.stack([vals.repeat_interleave(1 << bits), vals.repeat(1 << bits)], 1)
+    table = pair_rows.contiguous().view(_ROW_DTYPE[2 * lut.element_size()]).reshape(-1)
+    full_blocks = n_words // span
+    bstep = max(1, _CHUNK_COUNT // (span * per))
+    words_t = torch.from_numpy(words)
+    idx = torch.empty(bstep, pc, dtype=torch.int64)
+    idx_np = idx.numpy()
+    cols = np.empty((span, bstep), dtype=np.int64)
+    pair_mask = (1 << (2 * bits)) - 1
+    for b0 in range(0, full_blocks, bstep):
+        b1 = min(b0 + bstep, full_blocks)
+        kb = b1 - b0
+        for w in range(span):  # each word of the block as a contiguous column
+            np.copyto(cols[w, :kb], words[b0 * span + w : b1 * span : span])
+        ik_np = idx_np[:kb]
+        for j in range(pc):
+            c = 2 * j  # first code of the pair, within the block
+            w, i = divmod(c, per)
+            if i + 1 < per:  # both codes in word w
+                np.right_shift(cols[w, :kb], bits * (per - 2 - i), out=ik_np[:, j])
+            else:  # last code of word w, first of word w + 1
+                np.left_shift(cols[w, :kb], bits, out=ik_np[:, j])
+                ik_np[:, j] |= cols[w + 1, :kb] >> (bits * (per - 1))
+        np.bitwise_and(ik_np, pair_mask, out=ik_np)
+        ik = idx[:kb]
+        start = b0 * span * per
+        stop = min(b1 * span * per, numel)
+        n_pairs = kb * pc
+        if stop - start == 2 * n_pairs:
+            torch.index_select(table, 0, ik.view(-1), out=out[start:stop].view(table.dtype))
+        else:
+            vals = torch.index_select(table, 0, ik.view(-1)).view(lut.dtype)
+            out[start:stop] = vals[: stop - start]
+    if full_blocks * span < n_words:  # a last, odd word
+        rest = unpack_words(words_t[full_blocks * span :], bits, numel - full_blocks * span * per)
+        idx_rest = rest.to(torch.int32).clamp_(max=n_pts - 1)
+        out[full_blocks * span * per :] = torch.index_select(lut, 0, idx_rest)
+    return out
 
 
 _INFO_KEYS = {"bits", "zero", "objective", "abs_error", "mse"}
@@ -690,15 +1120,18 @@ def dequantize(
         if lv.numel() != n_pts:
             raise ValueError(f"levels must have n={n_pts} entries, got {lv.numel()}")
     device = q.device
-    out = torch.empty(numel, dtype=out_dtype, device=device)
     if numel == 0:
-        return out.view(list(shape))
+        return torch.empty(list(shape), dtype=out_dtype, device=device)
     per_tensor = group_size is None
     if per_tensor:
         lut = (float(loc) + float(scale) * lv).to(device=device, dtype=out_dtype)
         if float(scale) == 0.0:
             lut = torch.full_like(lut, float(loc))
-    else:
+        fast = _decode_cpu(q, lut, bits, packbits, numel)
+        if fast is not None:
+            return fast.view(list(shape))
+    out = torch.empty(numel, dtype=out_dtype, device=device)
+    if not per_tensor:
         lut = lv.to(device=device, dtype=work)
         gs = int(group_size)  # type: ignore[arg-type]
         loc_t = torch.as_tensor(loc, dtype=work, device=device).reshape(-1)

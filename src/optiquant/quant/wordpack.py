@@ -7,13 +7,15 @@ padded with zero codes. This is the layout ``distquant.quantize(packbits=True)``
 produces, so packed tensors can be exchanged with it. For widths that divide 8
 or equal 16 the packing runs on bytes (or 16-bit halves) with whole-tensor
 operations; other widths use one shift per code slot, vectorised over words.
-Nothing is modified in place.
+Nothing is modified in place. :func:`pack_bytes_into` is the in-place form for
+CPU buffers that the chunked quantizers use.
 """
 
 from __future__ import annotations
 
 import sys
 
+import numpy as np
 import torch
 
 __all__ = ["codes_per_word", "pack_words", "unpack_words", "words_needed"]
@@ -75,6 +77,95 @@ def _byte_pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
         shift = 8 * j - bits * (per - 1 - j)
         out |= v >> shift
     return out.to(torch.uint8)  # keeps the low byte
+
+
+_NP_UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def _byte_multiplier(bits: int) -> int:
+    """``M`` so that ``(v * M) mod 2**(8 p)``, ``v`` holding ``p = 8 // bits`` codes
+    one per byte (code ``i`` at bit ``8 i``), has the packed byte (first code
+    highest) in its top byte: code ``i`` lands at bit ``8 (p - 1) + bits (p - 1 - i)``
+    from the term ``2**(8 (p - 1) + bits (p - 1 - i) - 8 i)``. The other products
+    fall below bit ``8 (p - 1)`` without carries, or overflow away.
+    """
+    p = 8 // bits
+    return sum(1 << (8 * (p - 1) + bits * (p - 1 - i) - 8 * i) for i in range(p))
+
+
+def pack_bytes_into(codes: np.ndarray, bits: int, out: np.ndarray) -> None:
+    """Pack uint8 ``codes`` (whole words, zero padded) into ``out``, the words' bytes.
+
+    For ``bits`` in 1, 2, 4, 8 on a little-endian host. ``codes`` holds
+    ``len(out) * 8 // bits`` codes and is overwritten. The ``8 // bits`` codes
+    of a byte are read as one unsigned integer and one multiplication gathers
+    them, in order, into its top byte; a byte swap of each 64-bit word then
+    puts the first code in the highest bits.
+
+    >>> out = np.empty(8, dtype=np.uint8)
+    >>> c = np.zeros(16, dtype=np.uint8); c[:3] = [1, 2, 3]
+    >>> pack_bytes_into(c, 4, out)
+    >>> hex(int(out.view(np.int64)[0]))
+    '0x1230000000000000'
+    """
+    per_byte = 8 // bits
+    if per_byte == 1:
+        if not np.may_share_memory(codes, out):  # else they are the same bytes
+            np.copyto(out, codes)
+    else:
+        v = codes.view(_NP_UINT[per_byte])
+        np.multiply(v, v.dtype.type(_byte_multiplier(bits)), out=v)
+        np.right_shift(v, 8 * (per_byte - 1), out=v)
+        np.copyto(out, v, casting="unsafe")  # the low byte of each
+    out.view(np.uint64).byteswap(inplace=True)
+
+
+def _group_weights(bits: int) -> tuple[torch.Tensor, list[int]]:
+    """(per, groups) float32 weights and shifts so that word = sum_q group_q << shift_q."""
+    per = 64 // bits
+    g = max(1, 24 // bits)  # codes per group: at most 24 bits, exact in float32
+    ends = [*range(g, per, g), per]
+    weights = torch.zeros(per, len(ends), dtype=torch.float32)
+    shifts = []
+    begin = 0
+    for q, end in enumerate(ends):
+        for i in range(begin, end):
+            weights[i, q] = float(2 ** (bits * (end - 1 - i)))
+        shifts.append(bits * (per - end))
+        begin = end
+    return weights.t().contiguous(), shifts
+
+
+_GROUPS: dict[int, tuple[torch.Tensor, list[int]]] = {}
+
+
+def pack_float_into(codes: np.ndarray, bits: int, out: np.ndarray) -> None:
+    """Pack float32 ``codes`` (integral values, whole words) into the int64 ``out``.
+
+    For any ``bits`` up to 24: groups of at most 24 bits are formed by one
+    matrix product (exact, all partial sums are integers below ``2**24``),
+    then shifted into each word. ``codes`` holds ``len(out) * (64 // bits)``
+    values.
+
+    >>> out = np.empty(1, dtype=np.int64)
+    >>> c = np.zeros(21, dtype=np.float32); c[:3] = [5, 0, 7]
+    >>> pack_float_into(c, 3, out)
+    >>> hex(int(out[0]))
+    '0x51c0000000000000'
+    """
+    if bits not in _GROUPS:
+        _GROUPS[bits] = _group_weights(bits)
+    weights, shifts = _GROUPS[bits]
+    per = 64 // bits
+    n = out.size
+    groups = torch.mm(weights, torch.from_numpy(codes).view(n, per).t())  # (groups, n)
+    words = torch.from_numpy(out)
+    words.copy_(groups[0]).bitwise_left_shift_(shifts[0])
+    for q in range(1, len(shifts)):
+        part = groups[q].to(torch.int64)
+        if shifts[q]:
+            part.bitwise_left_shift_(shifts[q])
+        words.bitwise_or_(part)
 
 
 def pack_words(codes: torch.Tensor, bits: int) -> torch.Tensor:
