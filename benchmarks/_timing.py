@@ -9,18 +9,37 @@ from collections.abc import Callable, Sequence
 import torch
 
 
+class Prepared:
+    """A variant whose ``prepare()`` runs, untimed, before every timed ``run()``."""
+
+    def __init__(self, run: Callable[[], object], prepare: Callable[[], object]) -> None:
+        self.run = run
+        self.prepare = prepare
+
+    def __call__(self) -> object:
+        self.prepare()
+        return self.run()
+
+
 def median_times(
     variants: dict[str, Callable[[], object]], repeats: int = 15, warmup: int = 3
 ) -> dict[str, float]:
-    """Median seconds per call of each variant, measured round-robin so load hits all alike."""
+    """Median seconds per call of each variant, measured round-robin so load hits all alike.
+
+    A :class:`Prepared` variant is timed without its ``prepare()`` step.
+    """
     for fn in variants.values():
         for _ in range(warmup):
             fn()
     samples: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
+            run = fn
+            if isinstance(fn, Prepared):
+                fn.prepare()
+                run = fn.run
             start = time.perf_counter()
-            fn()
+            run()
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
 

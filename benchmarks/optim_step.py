@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import machine_line, median_times, print_table
+from _timing import Prepared, machine_line, median_times, print_table
 
 import optiquant as oq
 
@@ -44,20 +44,31 @@ def functional_step(
 ) -> Callable[[], object]:
     """A functional in-place step: ``update`` + ``apply_updates``, or ``update_and_apply``."""
     params = make_tensors(shape)
-    # The update may reuse the gradient buffers it is given (inplace mode); a training
-    # loop hands it fresh gradients each step, so we hand it the same buffers: no copy.
     grads = [torch.randn_like(p) * 1e-2 for p in params]
+    buffers = [g.clone() for g in grads]
     tx = make_tx()
     state = [tx.init(params)]
 
     def step() -> None:
         if one_call:
-            _, state[0] = oq.update_and_apply(tx, grads, state[0], params)
+            _, state[0] = oq.update_and_apply(tx, buffers, state[0], params)
         else:
-            updates, state[0] = tx.update(grads, state[0], params, inplace=True)
+            updates, state[0] = tx.update(buffers, state[0], params, inplace=True)
             oq.apply_updates(params, updates, inplace=True)
 
-    return step
+    return fresh_gradients(step, buffers, grads)
+
+
+def fresh_gradients(
+    step: Callable[[], object], buffers: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]
+) -> Prepared:
+    """``step`` with its gradient buffers refilled, untimed, before each call.
+
+    An in-place update may overwrite the gradients it is given (a training loop hands
+    it new ones every step); fed back as gradients, updates shrink into denormal
+    numbers within a few hundred steps, which slows every kernel down.
+    """
+    return Prepared(step, lambda: torch._foreach_copy_(list(buffers), list(grads)))
 
 
 def torchopt_step(shape: str) -> Callable[[], object]:
@@ -73,7 +84,7 @@ def torchopt_step(shape: str) -> Callable[[], object]:
         updates, state[0] = tx.update(buffers, state[0], params=params, inplace=True)
         torchopt.apply_updates(params, updates, inplace=True)
 
-    return step
+    return fresh_gradients(step, buffers, grads)
 
 
 def unrolled(shape: str, library: str, steps: int = 5) -> Callable[[], object]:

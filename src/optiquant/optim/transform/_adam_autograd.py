@@ -50,43 +50,40 @@ class AdamDirection(torch.autograd.Function):
         # s = sqrt(v'/c2 + eps_root) = r / q with r = sqrt(v' + eps_root c2), q = sqrt(c2),
         # so k (s + eps) = (k / q) (r + eps q): the bias correction folds into scalars.
         q = [math.sqrt(c2) for c2 in bc2]
-        if eps_root:
-            root = list(torch._foreach_add(new_nu, _scalars([eps_root * c2 for c2 in bc2])))
-            torch._foreach_sqrt_(root)
-        else:
-            root = list(torch._foreach_sqrt(new_nu))
+        root_shift = _scalars([eps_root * c2 for c2 in bc2]) if eps_root else 0.0
+        root = _root(new_nu, root_shift)
         shift = _scalars([eps * qi for qi in q])
         scale = _scalars([k / qi for k, qi in zip(denom_scale, q)])
-        # The backward divides by r; clamping it here to the smallest normal number
-        # changes nothing in r + eps q when eps q is far above it (every practical eps).
-        tiny = torch.finfo(root[0].dtype).tiny if root else 0.0
-        if root and not _clamp_is_exact(eps * min(q), root[0].dtype):
-            root_safe = list(torch._foreach_clamp_min(root, tiny))
-        else:
-            torch._foreach_clamp_min_(root, tiny)
-            root_safe = root
-        # du m' / (2 k c2 (s+eps)^2 s) = t m' k q / (2 c2 denom r)   (denom = k (s + eps))
+        # du m' / (2 k c2 (s+eps)^2 s) = t u k q / (2 c2 r)   (t = du / denom, u = m' / denom)
         coupling_scale = _scalars([-0.5 * k * qi / c2 for k, qi, c2 in zip(denom_scale, q, bc2)])
+        # The backward divides by r, clamped to the smallest normal number. When eps q is
+        # far above that number the clamp changes nothing in r + eps q (every practical
+        # eps), so one clamped r serves both.
+        exact = not root or _clamp_is_exact(eps * min(q), root[0].dtype)
         few = n <= _FEW
-        denom = _denominator(root, shift, scale)
         if few:
-            # Few (typically large) tensors: every fresh tensor costs page faults, so the
-            # direction overwrites the denominator and the backward recomputes it.
-            direction = _quotient(new_mu, denom)
-            ctx.save_for_backward(*gs, *new_mu, *root, *root_safe)
+            # Few (typically large) tensors: every fresh tensor costs page faults. The
+            # root's buffer becomes the denominator, then the direction; the backward
+            # recomputes the root from v' (an output, saved at no cost).
+            torch._foreach_add_(root, shift)
+            torch._foreach_mul_(root, scale)
+            direction = _quotient(new_mu, root)
+            ctx.save_for_backward(*gs, *new_nu, *direction)
         else:
-            # Many small tensors: fewer passes win. With w = u / s the backward's coupling
+            # Many small tensors: fewer passes win. With w = u / r the backward's coupling
             # term is one product, t * w * scale.
+            root_safe = _clamped(root, exact)
+            denom = _denominator(root, shift, scale)
             direction = list(torch._foreach_div(new_mu, denom))
             w = list(torch._foreach_div(direction, root_safe))
             ctx.save_for_backward(*gs, *denom, *w)
-        ctx.constants = (b1, b2, shift, scale, coupling_scale, n, few)
+        ctx.constants = (b1, b2, root_shift, shift, scale, coupling_scale, n, few)
         return (*new_mu, *new_nu, *direction)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[Any, ...]:
-        b1, b2, shift, scale, coupling_scale, n, few = ctx.constants
+        b1, b2, root_shift, shift, scale, coupling_scale, n, few = ctx.constants
         saved = ctx.saved_tensors
         d_mu_out, d_nu_out, d_dir = grads[:n], grads[n : 2 * n], grads[2 * n :]
         gs = list(saved[:n])
@@ -94,13 +91,12 @@ class AdamDirection(torch.autograd.Function):
         # buffers allocated here are updated in place into the results.
         incoming = [torch.zeros_like(g) if d is None else d for d, g in zip(d_dir, gs)]
         if few:
-            new_mu, root, root_safe = (list(saved[k * n : (k + 1) * n]) for k in range(1, 4))
-            denom = _denominator(root, shift, scale)  # recomputed exactly as in forward
-            # t = du / (k (s + eps)), the sensitivity of u to m'
-            t = list(torch._foreach_div(incoming, denom))
-            coupling = list(torch._foreach_mul(t, new_mu))
-            torch._foreach_div_(coupling, denom)
-            torch._foreach_div_(coupling, root_safe)
+            new_nu, direction = list(saved[n : 2 * n]), list(saved[2 * n :])
+            root = _root(new_nu, root_shift)  # exactly as in forward
+            # t = du / denom, the sensitivity of u to m' (written over the denominator)
+            t = _quotient(incoming, _denominator(root, shift, scale))
+            coupling = _quotient(direction, _clamped(root, exact=True))
+            torch._foreach_mul_(coupling, t)
             torch._foreach_mul_(coupling, coupling_scale)
         else:
             denom, w = list(saved[n : 2 * n]), list(saved[2 * n :])
@@ -117,17 +113,32 @@ class AdamDirection(torch.autograd.Function):
                 torch._foreach_mul_(coupling, coupling_scale)
         _add_present(t, d_mu_out)  # t is now d(loss)/d(m')
         _add_present(coupling, d_nu_out)  # coupling is now d(loss)/d(v')
-        if few:
-            d_g = denom  # reuse the recomputed denominator's buffer
-            torch._foreach_zero_(d_g)
-            torch._foreach_add_(d_g, t, alpha=1.0 - b1)
-        else:
-            d_g = list(torch._foreach_mul(t, 1.0 - b1))
+        d_g = list(torch._foreach_mul(t, 1.0 - b1))
         # d_g = (1 - b1) d_m' + 2 (1 - b2) g d_v'
         torch._foreach_addcmul_(d_g, gs, coupling, 2.0 * (1.0 - b2))
         torch._foreach_mul_(t, b1)
         torch._foreach_mul_(coupling, b2)
         return (None, None, None, None, None, None, None, *d_g, *t, *coupling)
+
+
+def _root(new_nu: list[torch.Tensor], shift: float | list[float]) -> list[torch.Tensor]:
+    """New tensors ``sqrt(v' + shift)``."""
+    if isinstance(shift, list) or shift:
+        root = list(torch._foreach_add(new_nu, shift))
+        torch._foreach_sqrt_(root)
+        return root
+    return list(torch._foreach_sqrt(new_nu))
+
+
+def _clamped(root: list[torch.Tensor], exact: bool) -> list[torch.Tensor]:
+    """``root`` clamped to the smallest normal number: in place if ``exact``, else a copy."""
+    if not root:
+        return root
+    tiny = torch.finfo(root[0].dtype).tiny
+    if exact:
+        torch._foreach_clamp_min_(root, tiny)
+        return root
+    return list(torch._foreach_clamp_min(root, tiny))
 
 
 def _denominator(
