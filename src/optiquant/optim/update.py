@@ -32,6 +32,11 @@ def apply_updates(params: Params, updates: Updates, *, inplace: bool = True) -> 
             f"params and updates must have the same structure, got {len(p_leaves)} and "
             f"{len(u_leaves)} leaves"
         )
+    if inplace and _all_tensors(p_leaves) and _all_tensors(u_leaves):
+        if p_leaves:  # the common case: every leaf has an update
+            with torch.no_grad():
+                torch._foreach_add_(p_leaves, u_leaves)
+        return params
     pairs = [
         (i, p, u)
         for i, (p, u) in enumerate(zip(p_leaves, u_leaves))
@@ -52,6 +57,11 @@ def apply_updates(params: Params, updates: Updates, *, inplace: bool = True) -> 
     for i, p, u in pairs:
         out[i] = p + u
     return tree_unflatten(spec, out)
+
+
+def _all_tensors(leaves: list[Any]) -> bool:
+    """Whether every leaf is a tensor (no ``None``, nothing else)."""
+    return all(issubclass(kind, torch.Tensor) for kind in set(map(type, leaves)))
 
 
 def update_and_apply(
