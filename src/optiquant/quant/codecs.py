@@ -363,7 +363,64 @@ def decode_uniform_codes(
     return _decode_with(enc_like, out, lambda flat: _affine_values(codes, rng[0], step, 1, flat))
 
 
-class UniformCodec(Codec):
+class _SingleWidthCodec(Codec):
+    """Codes of one width (``meta["bits"]``) plus one side tensor (``side``) of parameters.
+
+    Subclasses check the side tensor in :meth:`validate`, give the in-place map from code
+    to value (:meth:`level_map`, the element-wise decoder's own operations) and decode
+    unpacked codes (:meth:`decode_codes`).
+    """
+
+    side = ""
+
+    def require_codes(self, enc: EncodedTensor, bits: int) -> None:
+        """Check the codes: packed bytes, or one integer code per element."""
+        if enc.packed:
+            self.require(enc, "codes", (torch.uint8,), packed_nbytes(enc.numel, bits))
+        else:
+            self.require(enc, "codes", _CODE_DTYPES, enc.numel)
+
+    def _with_codes(self, enc: EncodedTensor, codes: torch.Tensor, packed: bool) -> EncodedTensor:
+        return EncodedTensor(
+            enc.scheme, enc.shape, enc.dtype, dict(enc.meta),
+            {"codes": codes, self.side: enc.tensors[self.side]}, packed=packed,
+        )  # fmt: skip
+
+    def pack(self, enc: EncodedTensor) -> EncodedTensor:
+        return self._with_codes(
+            enc, pack_bits(enc.tensors["codes"], enc.meta["bits"], check=False), True
+        )
+
+    def unpack(self, enc: EncodedTensor) -> EncodedTensor:
+        bits = enc.meta["bits"]
+        codes = unpack_bits(enc.tensors["codes"], bits, enc.numel, dtype=codes_dtype(bits))
+        return self._with_codes(enc, codes, False)
+
+    def decode_into(self, enc: EncodedTensor, out: torch.Tensor) -> torch.Tensor:
+        return self.decode(enc, out=out)
+
+    def decode(self, enc: EncodedTensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        bits = enc.meta["bits"]
+        if enc.packed and _table_decodable(enc.tensors["codes"], bits, enc.numel):
+            finish = self.level_map(enc, bits)
+
+            def fill(flat: torch.Tensor) -> None:
+                values = _level_values(bits, flat.device, flat.dtype, finish)
+                _table_values(enc.tensors["codes"], bits, values, flat)
+
+            return _decode_with(enc, out, fill)
+        return self.decode_codes(enc.unpack(), out)
+
+    def level_map(self, enc: EncodedTensor, bits: int) -> Callable[[torch.Tensor], object]:
+        """In place, code -> value, exactly as the element-wise decoder computes it."""
+        raise NotImplementedError(f"{type(self).__name__} must define level_map()")
+
+    def decode_codes(self, enc: EncodedTensor, out: torch.Tensor | None) -> torch.Tensor:
+        """Decode unpacked ``enc``."""
+        raise NotImplementedError(f"{type(self).__name__} must define decode_codes()")
+
+
+class UniformCodec(_SingleWidthCodec):
     """Per-tensor min-max codes of one width (``meta["bits"]``).
 
     >>> packed = UniformCodec().pack(encode_uniform(torch.tensor([0.0, 1.0, 2.0, 3.0]), 2))
@@ -372,48 +429,19 @@ class UniformCodec(Codec):
     """
 
     scheme = "uniform"
+    side = "range"
 
     def validate(self, enc: EncodedTensor) -> None:
         bits = self.meta_int(enc, "bits", 1, MAX_BITS)
         _check_range(enc)
-        if enc.packed:
-            self.require(enc, "codes", (torch.uint8,), packed_nbytes(enc.numel, bits))
-        else:
-            self.require(enc, "codes", _CODE_DTYPES, enc.numel)
+        self.require_codes(enc, bits)
 
-    def pack(self, enc: EncodedTensor) -> EncodedTensor:
-        bits = enc.meta["bits"]
-        packed = pack_bits(enc.tensors["codes"], bits, check=False)
-        return EncodedTensor(
-            enc.scheme, enc.shape, enc.dtype, dict(enc.meta),
-            {"codes": packed, "range": enc.tensors["range"]}, packed=True,
-        )  # fmt: skip
+    def level_map(self, enc: EncodedTensor, bits: int) -> Callable[[torch.Tensor], object]:
+        rng = enc.tensors["range"]
+        step = (rng[1] - rng[0]) / float(2**bits - 1)
+        return lambda v: v.mul_(step).add_(rng[0])
 
-    def unpack(self, enc: EncodedTensor) -> EncodedTensor:
-        bits = enc.meta["bits"]
-        codes = unpack_bits(enc.tensors["codes"], bits, enc.numel, dtype=codes_dtype(bits))
-        return EncodedTensor(
-            enc.scheme, enc.shape, enc.dtype, dict(enc.meta),
-            {"codes": codes, "range": enc.tensors["range"]}, packed=False,
-        )  # fmt: skip
-
-    def decode_into(self, enc: EncodedTensor, out: torch.Tensor) -> torch.Tensor:
-        return self.decode(enc, out=out)
-
-    def decode(self, enc: EncodedTensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        bits = enc.meta["bits"]
-        if enc.packed and _table_decodable(enc.tensors["codes"], bits, enc.numel):
-            rng = enc.tensors["range"]
-            step = (rng[1] - rng[0]) / float(2**bits - 1)
-
-            def fill(flat: torch.Tensor) -> None:
-                values = _level_values(
-                    bits, flat.device, flat.dtype, lambda v: v.mul_(step).add_(rng[0])
-                )
-                _table_values(enc.tensors["codes"], bits, values, flat)
-
-            return _decode_with(enc, out, fill)
-        enc = enc.unpack()
+    def decode_codes(self, enc: EncodedTensor, out: torch.Tensor | None) -> torch.Tensor:
         t = enc.tensors
         return decode_uniform_codes(
             t["codes"], t["range"], enc.meta["bits"], enc.shape, enc.dtype, out=out
@@ -742,7 +770,7 @@ def decode_lsq_codes(
     return _decode_with(enc_like, out, fill)
 
 
-class LSQCodec(Codec):
+class LSQCodec(_SingleWidthCodec):
     """Symmetric codes with one learned step size (``tensors["scale"]``).
 
     >>> enc = encode_lsq(torch.tensor([-1.0, 0.5, 0.75]), torch.tensor(0.25), 3)
@@ -751,49 +779,21 @@ class LSQCodec(Codec):
     """
 
     scheme = "lsq"
+    side = "scale"
 
     def validate(self, enc: EncodedTensor) -> None:
         bits = self.meta_int(enc, "bits", 1, MAX_BITS)
         scale = self.require(enc, "scale", _RANGE_DTYPES, 1)
         if not bool(torch.isfinite(scale).all()):
             raise FormatError("'lsq' scale is not finite")
-        if enc.packed:
-            self.require(enc, "codes", (torch.uint8,), packed_nbytes(enc.numel, bits))
-        else:
-            self.require(enc, "codes", _CODE_DTYPES, enc.numel)
+        self.require_codes(enc, bits)
 
-    def pack(self, enc: EncodedTensor) -> EncodedTensor:
-        packed = pack_bits(enc.tensors["codes"], enc.meta["bits"], check=False)
-        return EncodedTensor(
-            enc.scheme, enc.shape, enc.dtype, dict(enc.meta),
-            {"codes": packed, "scale": enc.tensors["scale"]}, packed=True,
-        )  # fmt: skip
+    def level_map(self, enc: EncodedTensor, bits: int) -> Callable[[torch.Tensor], object]:
+        qn, _ = lsq_bounds(bits)
+        step = enc.tensors["scale"].reshape(())
+        return lambda v: v.add_(qn).mul_(step)
 
-    def unpack(self, enc: EncodedTensor) -> EncodedTensor:
-        bits = enc.meta["bits"]
-        codes = unpack_bits(enc.tensors["codes"], bits, enc.numel, dtype=codes_dtype(bits))
-        return EncodedTensor(
-            enc.scheme, enc.shape, enc.dtype, dict(enc.meta),
-            {"codes": codes, "scale": enc.tensors["scale"]}, packed=False,
-        )  # fmt: skip
-
-    def decode_into(self, enc: EncodedTensor, out: torch.Tensor) -> torch.Tensor:
-        return self.decode(enc, out=out)
-
-    def decode(self, enc: EncodedTensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        bits = enc.meta["bits"]
-        if enc.packed and _table_decodable(enc.tensors["codes"], bits, enc.numel):
-            qn, _ = lsq_bounds(bits)
-            step = enc.tensors["scale"].reshape(())
-
-            def fill(flat: torch.Tensor) -> None:
-                values = _level_values(
-                    bits, flat.device, flat.dtype, lambda v: v.add_(qn).mul_(step)
-                )
-                _table_values(enc.tensors["codes"], bits, values, flat)
-
-            return _decode_with(enc, out, fill)
-        enc = enc.unpack()
+    def decode_codes(self, enc: EncodedTensor, out: torch.Tensor | None) -> torch.Tensor:
         scale = enc.tensors["scale"].reshape(())
         t = enc.tensors
         return decode_lsq_codes(t["codes"], scale, enc.meta["bits"], enc.shape, enc.dtype, out=out)
