@@ -8,8 +8,9 @@ from typing import Any
 
 import torch
 
-from optiquant.psgd._common import resolve_value
+from optiquant.psgd._common import cpu_scalar, resolve_value
 from optiquant.psgd.schedule import clock_tick
+from optiquant.tree import tree_flatten, tree_unflatten
 
 __all__ = ["DAMPING", "FitDecision", "clip_global_norm", "decide_fit", "flatten_like", "momentum"]
 
@@ -91,3 +92,43 @@ def flatten_like(spec: Any, tree: Any, name: str) -> list[Any]:
         return spec.flatten_up_to(tree)
     except (ValueError, TypeError) as err:
         raise ValueError(f"{name}: does not match the structure of the updates ({err})") from None
+
+
+def check_param_leaf(index: int, p: Any) -> None:
+    """Raise if parameter leaf ``index`` is not a non-empty floating-point tensor."""
+    if not isinstance(p, torch.Tensor) or not p.is_floating_point():
+        raise TypeError(f"params: leaf {index} must be a floating-point tensor, got {p!r:.60}")
+    if p.numel() == 0:
+        raise ValueError(f"params: leaf {index} is empty (shape {tuple(p.shape)})")
+
+
+def momentum_buffer(p: torch.Tensor, b1: float, mu_dtype: torch.dtype | None) -> Any:
+    """A zero momentum buffer like ``p`` (in ``mu_dtype`` if given), or None when ``b1 == 0``."""
+    if b1 == 0:
+        return None
+    return torch.zeros_like(p, dtype=mu_dtype or p.dtype, memory_format=torch.contiguous_format)
+
+
+def initial_state(state_type: Any, seed: int, spec: Any, mus: list[Any], qs: list[Any]) -> Any:
+    """A fresh per-parameter PSGD state of ``state_type`` (counters at zero)."""
+    return state_type(
+        count=cpu_scalar(0),
+        update_acc=cpu_scalar(0),
+        scale_set=cpu_scalar(False, torch.bool),
+        seed=cpu_scalar(seed),
+        mu=tree_unflatten(spec, mus),
+        Qs=tree_unflatten(spec, qs),
+    )
+
+
+def state_leaves(updates: Any, state: Any, state_type: Any) -> tuple[list[Any], Any, list, list]:
+    """``(update leaves, their structure, momentum leaves, factor leaves)``; checks the state."""
+    if not isinstance(state, state_type):
+        raise TypeError(f"state: expected a {state_type.__name__}, got {type(state).__name__}")
+    g_leaves, spec = tree_flatten(updates)
+    return (
+        g_leaves,
+        spec,
+        flatten_like(spec, state.mu, "state.mu"),
+        flatten_like(spec, state.Qs, "state.Qs"),
+    )

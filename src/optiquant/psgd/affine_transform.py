@@ -20,7 +20,17 @@ from optiquant.psgd._common import (
     resolve_value,
     step_seed,
 )
-from optiquant.psgd._step import DAMPING, clip_global_norm, decide_fit, flatten_like, momentum
+from optiquant.psgd._step import (
+    DAMPING,
+    check_param_leaf,
+    clip_global_norm,
+    decide_fit,
+    flatten_like,
+    initial_state,
+    momentum,
+    momentum_buffer,
+    state_leaves,
+)
 from optiquant.tree import tree_flatten, tree_unflatten
 
 __all__ = ["ScaleByAffineState", "scale_by_affine"]
@@ -104,12 +114,7 @@ def scale_by_affine(
                 mus.append(None)
                 qs.append(None)
                 continue
-            if not isinstance(p, torch.Tensor) or not p.is_floating_point():
-                raise TypeError(
-                    f"params: leaf {index} must be a floating-point tensor, got {p!r:.60}"
-                )
-            if p.numel() == 0:
-                raise ValueError(f"params: leaf {index} is empty (shape {tuple(p.shape)})")
+            check_param_leaf(index, p)
             mshape, kinds = layout(tuple(p.shape))
             factors = kron_math.init_factors(
                 mshape,
@@ -120,21 +125,8 @@ def scale_by_affine(
                 device=p.device,
             )
             qs.append(tuple(f[0] for f in factors))
-            mus.append(
-                None
-                if b1 == 0
-                else torch.zeros_like(
-                    p, dtype=mu_dtype or p.dtype, memory_format=torch.contiguous_format
-                )
-            )
-        return ScaleByAffineState(
-            count=cpu_scalar(0),
-            update_acc=cpu_scalar(0),
-            scale_set=cpu_scalar(False, torch.bool),
-            seed=cpu_scalar(seed),
-            mu=tree_unflatten(spec, mus),
-            Qs=tree_unflatten(spec, qs),
-        )
+            mus.append(momentum_buffer(p, b1, mu_dtype))
+        return initial_state(ScaleByAffineState, seed, spec, mus, qs)
 
     def update(
         updates: Updates,
@@ -148,11 +140,7 @@ def scale_by_affine(
         **extra_args: Any,
     ) -> tuple[Updates, OptState]:
         del params, extra_args
-        if not isinstance(state, ScaleByAffineState):
-            raise TypeError(f"state: expected a ScaleByAffineState, got {type(state).__name__}")
-        g_leaves, spec = tree_flatten(updates)
-        mu_leaves = flatten_like(spec, state.mu, "state.mu")
-        q_leaves = flatten_like(spec, state.Qs, "state.Qs")
+        g_leaves, spec, mu_leaves, q_leaves = state_leaves(updates, state, ScaleByAffineState)
         old = int(state.count)
         dec = decide_fit(
             old,

@@ -21,7 +21,16 @@ from optiquant.psgd._common import (
     resolve_value,
     step_seed,
 )
-from optiquant.psgd._step import DAMPING, decide_fit, flatten_like, momentum
+from optiquant.psgd._step import (
+    DAMPING,
+    check_param_leaf,
+    decide_fit,
+    flatten_like,
+    initial_state,
+    momentum,
+    momentum_buffer,
+    state_leaves,
+)
 from optiquant.psgd.schedule import precond_update_prob_schedule
 from optiquant.tree import tree_flatten, tree_unflatten
 
@@ -190,12 +199,7 @@ def scale_by_kron(
                 mus.append(None)
                 qs.append(None)
                 continue
-            if not isinstance(p, torch.Tensor) or not p.is_floating_point():
-                raise TypeError(
-                    f"params: leaf {index} must be a floating-point tensor, got {p!r:.60}"
-                )
-            if p.numel() == 0:
-                raise ValueError(f"params: leaf {index} is empty (shape {tuple(p.shape)})")
+            check_param_leaf(index, p)
             batch, core, kinds = leaf_kinds(tuple(p.shape), sc)
             qdtype = precond_dtype or compute_dtype(p.dtype)
             factors = kron_math.init_factors(
@@ -209,21 +213,8 @@ def scale_by_kron(
             if not sc:
                 factors = tuple(f[0] for f in factors)
             qs.append(factors)
-            mus.append(
-                torch.zeros_like(
-                    p, dtype=mu_dtype or p.dtype, memory_format=torch.contiguous_format
-                )
-                if b1 > 0
-                else None
-            )
-        return ScaleByKronState(
-            count=cpu_scalar(0),
-            update_acc=cpu_scalar(0),
-            scale_set=cpu_scalar(False, torch.bool),
-            seed=cpu_scalar(seed),
-            mu=tree_unflatten(spec, mus),
-            Qs=tree_unflatten(spec, qs),
-        )
+            mus.append(momentum_buffer(p, b1, mu_dtype))
+        return initial_state(ScaleByKronState, seed, spec, mus, qs)
 
     def update(
         updates: Updates,
@@ -237,11 +228,7 @@ def scale_by_kron(
         **extra_args: Any,
     ) -> tuple[Updates, OptState]:
         del params, extra_args
-        if not isinstance(state, ScaleByKronState):
-            raise TypeError(f"state: expected a ScaleByKronState, got {type(state).__name__}")
-        g_leaves, spec = tree_flatten(updates)
-        mu_leaves = flatten_like(spec, state.mu, "state.mu")
-        q_leaves = flatten_like(spec, state.Qs, "state.Qs")
+        g_leaves, spec, mu_leaves, q_leaves = state_leaves(updates, state, ScaleByKronState)
         scanned = eval_mask(scanned_layers, updates, "scanned_layers") or [False] * len(g_leaves)
         old_count = int(state.count)
         dec = decide_fit(old_count, int(state.update_acc), prob, update_preconditioner, Hvp, vector)
