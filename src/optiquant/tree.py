@@ -16,6 +16,7 @@ import torch
 from optiquant._typing import TensorTree
 
 __all__ = [
+    "all_tensors",
     "check_leaves",
     "check_same_structure",
     "check_tensor_leaves",
@@ -42,10 +43,20 @@ def _flat_leaves(tree: Any) -> list[Any] | None:
     """``tree`` as a list if it is a plain list/tuple of tensors and ``None``; else None."""
     if type(tree) is not list and type(tree) is not tuple:
         return None
-    for kind in set(map(type, tree)):
-        if kind is not type(None) and not issubclass(kind, torch.Tensor):
-            return None
-    return list(tree)
+    return list(tree) if all_tensors(tree, allow_none=True) else None
+
+
+def all_tensors(leaves: Sequence[Any], *, allow_none: bool = False) -> bool:
+    """Whether every one of ``leaves`` is a tensor (or ``None``, if ``allow_none``).
+
+    >>> import torch
+    >>> all_tensors([torch.ones(1), None]), all_tensors([torch.ones(1), None], allow_none=True)
+    (False, True)
+    """
+    return all(
+        issubclass(kind, torch.Tensor) or (allow_none and kind is type(None))
+        for kind in set(map(type, leaves))
+    )
 
 
 def tree_flatten(tree: TensorTree) -> tuple[list[Any], optree.PyTreeSpec]:
@@ -134,8 +145,7 @@ def check_leaves(leaves: Sequence[Any], name: str, *, allow_none: bool = True) -
     Traceback (most recent call last):
     TypeError: params: every leaf must be a torch.Tensor or None, but leaf 1 is str ('w')
     """
-    kinds = set(map(type, leaves))
-    if all(issubclass(k, torch.Tensor) or (allow_none and k is type(None)) for k in kinds):
+    if all_tensors(leaves, allow_none=allow_none):
         return
     for index, leaf in enumerate(leaves):
         if leaf is None and allow_none:

@@ -8,7 +8,7 @@ import torch
 
 from optiquant._typing import OptState, Params, Updates
 from optiquant.optim.base import GradientTransformation
-from optiquant.tree import tree_flatten, tree_leaves, tree_unflatten
+from optiquant.tree import all_tensors, tree_flatten, tree_leaves, tree_unflatten
 
 __all__ = ["apply_updates", "update_and_apply"]
 
@@ -32,7 +32,7 @@ def apply_updates(params: Params, updates: Updates, *, inplace: bool = True) -> 
             f"params and updates must have the same structure, got {len(p_leaves)} and "
             f"{len(u_leaves)} leaves"
         )
-    if inplace and _all_tensors(p_leaves) and _all_tensors(u_leaves):
+    if inplace and all_tensors(p_leaves) and all_tensors(u_leaves):
         if p_leaves:  # the common case: every leaf has an update
             with torch.no_grad():
                 torch._foreach_add_(p_leaves, u_leaves)
@@ -57,11 +57,6 @@ def apply_updates(params: Params, updates: Updates, *, inplace: bool = True) -> 
     for i, p, u in pairs:
         out[i] = p + u
     return tree_unflatten(spec, out)
-
-
-def _all_tensors(leaves: list[Any]) -> bool:
-    """Whether every leaf is a tensor (no ``None``, nothing else)."""
-    return all(issubclass(kind, torch.Tensor) for kind in set(map(type, leaves)))
 
 
 def update_and_apply(
