@@ -1,4 +1,4 @@
-"""Convergence in steps: PSGD vs Adam on scikit-learn's digits (an MLP) and a 100-D Rosenbrock.
+"""Convergence in steps: PSGD vs Adam on scikit-learn's digits (an MLP) and Rosenbrock (100-D, 2-D).
 
 Every optimizer gets the same learning-rate shape, a cosine decay to 0 over the budget,
 and its peak is tuned on a small grid (printed). Adam runs the budget; the question is
@@ -12,6 +12,9 @@ is met when <= 70% of Adam's steps). ``--constant`` uses constant learning rates
   Hessian-fitted XMat, LRA and Kron get Hvps from ``hessian_helper`` (a probe every
   step), peak learning rates 0.3, 1 and 2, and no update clipping (a Newton step
   should not be clipped).
+* Rosenbrock 2-D: the same function from (-1.2, 1), Adam budget 1000 steps (grid 0.01-3),
+  Hessian-fitted XMat and LRA (peaks 0.3, 1, 2). In two dimensions both hold the whole
+  Hessian (XMat's diagonal and anti-diagonal, LRA's rank covers it).
 
 Writes ``benchmarks/psgd_converge.png`` and prints a markdown table.
 
@@ -98,8 +101,8 @@ def run_digits(make_opt: Callable[[float], oq.GradientTransformation], lr: float
     return curve
 
 
-def run_rosen(make_opt, lr: float, steps: int, hessian: bool):
-    x = torch.tensor([-1.2, 1.0] * 50, dtype=torch.float64)
+def run_rosen(make_opt, lr: float, steps: int, hessian: bool, dim: int = 100):
+    x = torch.tensor([-1.2, 1.0] * (dim // 2), dtype=torch.float64)
     opt = make_opt(lr)
     state = opt.init(x)
     gen = torch.Generator().manual_seed(0)
@@ -143,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     t0 = time.time()
     rows = []
-    curves: dict[str, dict[str, list]] = {"digits": {}, "rosenbrock": {}}
+    curves: dict[str, dict[str, list]] = {"digits": {}, "rosenbrock-100": {}}
 
     # digits ------------------------------------------------------------------
     d_steps = 300
@@ -179,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     adam_lr = min(adam_runs, key=lambda lr: adam_runs[lr][-1][1])
     target = adam_runs[adam_lr][-1][1]
-    curves["rosenbrock"][f"Adam lr={adam_lr:g}"] = adam_runs[adam_lr]
+    curves["rosenbrock-100"][f"Adam lr={adam_lr:g}"] = adam_runs[adam_lr]
     rows.append(("rosenbrock-100", "Adam", adam_lr, r_steps, target, "-"))
     print(
         f"rosenbrock Adam: lr {adam_lr:g}, final {target:.3g} [{time.time() - t0:.0f}s]", flush=True
@@ -219,11 +222,39 @@ def main(argv: list[str] | None = None) -> None:
         runs = {lr: run_rosen(make, lr, r_steps, hessian) for lr in lrs}
         best = min(runs, key=lambda lr: (steps_to(runs[lr], target) or 10**9, runs[lr][-1][1]))
         hit = steps_to(runs[best], target)
-        curves["rosenbrock"][f"{name} lr={best:g}"] = runs[best]
+        curves["rosenbrock-100"][f"{name} lr={best:g}"] = runs[best]
         ratio = f"{hit / r_steps:.0%}" if hit is not None else "not reached"
         rows.append(("rosenbrock-100", name, best, hit, runs[best][-1][1], ratio))
         print(
             f"rosenbrock {name}: lr {best:g}, {hit} steps ({ratio}) [{time.time() - t0:.0f}s]",
+            flush=True,
+        )
+
+    # Rosenbrock 2-D: the classic valley, where XMat and LRA can hold the whole Hessian
+    r2_steps = 1000
+    grid = [0.3, 1.0] if args.quick else [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]
+    adam_runs = {
+        lr: run_rosen(lambda lr: oq.adam(lr=sched(lr, r2_steps)), lr, r2_steps, False, dim=2)
+        for lr in grid
+    }
+    adam_lr = min(adam_runs, key=lambda lr: adam_runs[lr][-1][1])
+    target = adam_runs[adam_lr][-1][1]
+    curves["rosenbrock-2"] = {f"Adam lr={adam_lr:g}": adam_runs[adam_lr]}
+    rows.append(("rosenbrock-2", "Adam", adam_lr, r2_steps, target, "-"))
+    rosen2_psgd = {
+        "XMat Hessian": lambda lr: xmat(learning_rate=sched(lr, r2_steps)),
+        "LRA Hessian": lambda lr: low_rank_approximation(learning_rate=sched(lr, r2_steps)),
+    }
+    for name, make in rosen2_psgd.items():
+        lrs = [1.0, 2.0] if args.quick else [0.3, 1.0, 2.0]
+        runs = {lr: run_rosen(make, lr, r2_steps, True, dim=2) for lr in lrs}
+        best = min(runs, key=lambda lr: (steps_to(runs[lr], target) or 10**9, runs[lr][-1][1]))
+        hit = steps_to(runs[best], target)
+        curves["rosenbrock-2"][f"{name} lr={best:g}"] = runs[best]
+        ratio = f"{hit / r2_steps:.0%}" if hit is not None else "not reached"
+        rows.append(("rosenbrock-2", name, best, hit, runs[best][-1][1], ratio))
+        print(
+            f"rosenbrock-2 {name}: lr {best:g}, {hit} steps ({ratio}) [{time.time() - t0:.0f}s]",
             flush=True,
         )
 
@@ -245,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:  # pragma: no cover - matplotlib is a dev dependency
         print("matplotlib missing: no plot")
         return
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4.5))
     for ax, (problem, series) in zip(axes, curves.items()):
         for label, curve in series.items():
             steps, values = zip(*curve)

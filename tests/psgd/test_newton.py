@@ -394,3 +394,44 @@ def test_lra_entrywise_newton_solves_ill_conditioned_quadratic(seed: int) -> Non
     psgd_steps = _steps_to_solve(opt, x0, h, xstar, True, 400)
     adam_steps = _best_adam(x0, h, xstar, 3000)
     assert 3 * psgd_steps <= adam_steps, (psgd_steps, adam_steps)
+
+
+# --------------------------------------------------------------------------- Rosenbrock
+
+
+def _rosenbrock(z: torch.Tensor) -> torch.Tensor:
+    return torch.sum(100.0 * (z[1:] - z[:-1] ** 2) ** 2 + (1.0 - z[:-1]) ** 2)
+
+
+def _rosen_losses(opt: oq.GradientTransformation, steps: int, hessian: bool) -> list[float]:
+    x = torch.tensor([-1.2, 1.0], dtype=F64)
+    state = opt.init(x)
+    gen = torch.Generator().manual_seed(0)
+    losses = []
+    for step in range(steps):
+        if hessian:
+            loss, g, hv, v, upd = hessian_helper(gen, step, _rosenbrock, x)
+            updates, state = opt.update(g, state, x, Hvp=hv, vector=v, update_preconditioner=upd)
+        else:
+            loss, g = _rosenbrock(x), torch.func.grad(_rosenbrock)(x)
+            updates, state = opt.update(g, state, x)
+        losses.append(float(loss))
+        x = oq.apply_updates(x, updates)
+    return losses
+
+
+@pytest.mark.parametrize("name", ["xmat", "lra"])
+def test_hessian_fitted_psgd_beats_adam_on_2d_rosenbrock(name: str) -> None:
+    """The classic valley from (-1.2, 1): in two dimensions XMat and LRA hold the whole
+    Hessian. Tuned Adam (peak lr 1, cosine decay over 1000 steps; the best of 0.01 ... 3
+    in ``benchmarks/psgd_converge.py``) ends at about 2.6e-6; the Hessian-fitted runs
+    (peak lr 2, same schedule) pass that loss within 300 steps and end below 1e-20."""
+    sched = oq.optim.schedule.cosine_decay_schedule
+    adam_losses = _rosen_losses(oq.adam(lr=sched(1.0, 1000)), 1000, False)
+    make = xmat if name == "xmat" else low_rank_approximation
+    psgd_losses = _rosen_losses(make(learning_rate=sched(2.0, 1000)), 1000, True)
+    target = adam_losses[-1]
+    assert 1e-7 < target < 1e-4
+    first = next(i for i, v in enumerate(psgd_losses) if v <= target)
+    assert first <= 300, first
+    assert psgd_losses[-1] < 1e-20
