@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from optiquant.quant import kernels
 from optiquant.quant.distributional import dequantize, quantize
 
 N = 16 * 2**20
@@ -48,14 +49,21 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: robust on a shared machine)"
     )
+    parser.add_argument(
+        "--no-kernels", action="store_true", help="optiquant without its compiled kernels"
+    )
     args = parser.parse_args()
+    if args.no_kernels:
+        os.environ["OPTIQUANT_KERNELS"] = "0"
+    kernels.warm_up()
     torch.set_num_threads(args.threads)
     x = torch.randn(N, generator=torch.Generator().manual_seed(0))
     has_dq = importlib.util.find_spec("distquant") is not None
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
     print(f"# 16M float32 (64 MiB), {platform.machine()}, {os.cpu_count()} cores, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, {datetime.date.today()}, "
-          f"load average at start {load}")  # fmt: skip
+          f"load average at start {load}, compiled kernels "
+          f"{'on' if kernels.available() else 'off'}")  # fmt: skip
     print()
     print("| k | optiquant quantize+pack s (GB/s) | optiquant unpack+dequantize s (GB/s) | "
           "distquant quantize+pack s (GB/s) | distquant dequantize s (GB/s) | "
@@ -64,6 +72,9 @@ def main() -> None:
     fixed: dict[int, float] = {}
     for k in args.bits:
         q, info = quantize(x, k=k, beta=1.0)
+        for _ in range(2):  # warm-up: first touches of fresh memory are slow on some VMs
+            quantize(x, k=k, beta=1.0)
+            dequantize(q, **info)
         t_q = median_time(lambda k=k: quantize(x, k=k, beta=1.0), args.repeats)
         t_d = median_time(lambda q=q, info=info: dequantize(q, **info), args.repeats)
         fixed[k] = t_q

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from optiquant.quant import kernels
 from optiquant.quant.codebook import (
     Encoder,
     SortedSample,
@@ -77,6 +78,7 @@ _CHUNK_COUNT = 1 << 18  # the counting path needs 6 bytes per value
 # Up to this many thresholds (k <= 3), counting the thresholds below each value
 # (one compare and one byte add each) beats the table lookup.
 _COUNT_MAX = 7
+_COUNT_FAST = 3  # with the compiled kernels, counting is kept only up to this many
 # The lookup path reads two cells at once (a table of 256 * cells pairs) up to this.
 _PAIR_CELLS = 64
 # Below torch's intra-op grain size (32768) operations run on the calling thread.
@@ -507,10 +509,22 @@ def _encode_cpu(
     buffer (:meth:`Encoder.sum_table`; with at most ``_PAIR_CELLS`` cells one
     lookup in a table of cell pairs serves two neighbouring values). The codes
     are then packed into the output words in place. Chunks are sized for the
-    L2 cache.
+    L2 cache. With the compiled kernels (:mod:`optiquant.quant.kernels`) and
+    more than ``_COUNT_FAST`` thresholds, the table form runs as one fused pass
+    instead.
     """
     if x.device.type != "cpu" or (packbits and not _LITTLE) or not enc.grid:
         return None
+    numel = x.numel()
+    few = enc.n - 1 <= _COUNT_FAST  # counting a few thresholds beats the kernel's lookup
+    if kernels.available() and numel >= kernels.MIN_NUMEL and x.dtype == work and not few:
+        fused = enc.sum_table(work)
+        if fused is not None:  # one compiled pass: codes and packing
+            per = codes_per_word(bits) if packbits else 1
+            result = _np_empty(-(-numel // per), torch.int64 if packbits else enc.dtype)
+            flat_x = x.resolve_neg().contiguous().numpy()
+            kernels.encode(flat_x, a, b, enc.cells - 1, fused.numpy(), bits, result.numpy())
+            return result
     thr_x = enc.data_thresholds(a, b, work) if enc.n - 1 <= _COUNT_MAX else None
     table = enc.sum_table(work) if thr_x is None else None
     if thr_x is None and table is None:
@@ -522,7 +536,6 @@ def _encode_cpu(
         first = table[torch.arange(256).clamp(max=enc.cells - 1)].repeat(enc.cells)
         both = torch.stack([first, table.repeat_interleave(256)], 1)
         pairs = both.contiguous().view(_ROW_DTYPE[2 * table.element_size()]).reshape(-1)
-    numel = x.numel()
     npw = np.float32 if work == torch.float32 else np.float64
     per = codes_per_word(bits) if packbits else 1
     byte_pack = packbits and bits in (1, 2, 4, 8)
@@ -921,6 +934,8 @@ def _decode_cpu(
         return out
     per = codes_per_word(bits)
     words = q.reshape(-1).resolve_neg().contiguous().numpy()
+    if numel >= kernels.MIN_NUMEL and kernels.decode_words(words, lut, bits, numel, out):
+        return out
     n_words = words.size
     if bits in (1, 2, 4, 8):
         per_byte = 8 // bits

@@ -1,0 +1,298 @@
+"""Compiled CPU loops for encoding values into packed words and decoding them back.
+
+Quantizing a tensor against a codebook and packing the codes, or unpacking and
+looking the codes up again, are single elementwise passes over the data. With
+numba installed (the ``fast`` extra) each runs as one fused loop over
+cache-sized blocks, spread over torch's thread count; without it the
+torch/numpy paths of :mod:`optiquant.quant.distributional` do the same work in
+several passes. Both give bit-identical results (the tests compare them), so a
+file written with the kernels reads the same without them.
+
+Set the environment variable ``OPTIQUANT_KERNELS=0`` (read at each call) or use
+:func:`disabled` to force the fallback paths.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+
+try:  # optional: the ``fast`` extra
+    import numba
+except ImportError:  # pragma: no cover - depends on the installation
+    numba = None  # type: ignore[assignment]
+
+__all__ = ["available", "decode_words", "disabled", "encode", "warm_up"]
+
+MIN_NUMEL = 1 << 16
+"""Tensors smaller than this use the fallback paths (nothing to gain from the kernels)."""
+
+_BLOCK = 2048  # values per block: the block's scratch arrays stay in the L1/L2 cache
+_MAX_WORKERS = 8
+_MIN_ITEMS = 16  # blocks or word groups a worker gets at least
+_local = threading.local()
+
+
+def available() -> bool:
+    """Whether the compiled kernels are installed and switched on.
+
+    >>> isinstance(available(), bool)
+    True
+    """
+    if numba is None or getattr(_local, "off", False):
+        return False
+    return os.environ.get("OPTIQUANT_KERNELS", "1").strip().lower() not in ("0", "false", "no")
+
+
+@contextmanager
+def disabled() -> Iterator[None]:
+    """Within the block (in this thread), use the fallback paths instead of the kernels.
+
+    >>> with disabled():
+    ...     available()
+    False
+    """
+    before = getattr(_local, "off", False)
+    _local.off = True
+    try:
+        yield
+    finally:
+        _local.off = before
+
+
+def _block(per: int) -> int:
+    """Values per encoding block: whole words, about ``_BLOCK`` values."""
+    return per * max(1, _BLOCK // per)
+
+
+def _run(kernel: Any, items: int, *args: Any) -> None:
+    """``kernel(*args, first, last)`` over ``range(items)``, split over torch's thread count.
+
+    The kernels release the GIL, so plain Python threads run them in parallel
+    (and numba's own thread pool, which would share torch's OpenMP settings,
+    stays unused).
+    """
+    workers = max(1, min(torch.get_num_threads(), _MAX_WORKERS, items // _MIN_ITEMS))
+    if workers == 1:
+        kernel(*args, 0, items)
+        return
+    cuts = [items * w // workers for w in range(workers + 1)]
+
+    def part(w: int) -> None:
+        kernel(*args, cuts[w], cuts[w + 1])
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(part, w) for w in range(workers)]
+        for f in futures:
+            f.result()
+
+
+if numba is not None:
+    _block_jit = numba.njit(cache=True)(_block)
+    _FASTMATH = {"nnan", "nsz"}  # no contraction or reassociation: the same roundings
+
+    @numba.njit(nogil=True, cache=True, fastmath=_FASTMATH)
+    def _encode_kernel(x, a, b, top, table, bits, pack, out, first, last):  # type: ignore[no-untyped-def]
+        n = x.size
+        per = 64 // bits if pack else 1
+        blk = _block_jit(per)
+        shift = np.uint64(bits)
+        u = np.empty(blk, dtype=table.dtype)
+        cell = np.empty(blk, dtype=np.int32)
+        code = np.zeros(blk, dtype=np.uint32)
+        for bi in range(first, last):
+            i0 = bi * blk
+            m = min(blk, n - i0)
+            for i in range(m):  # grid units, two roundings, clamped
+                v = x[i0 + i] * a
+                v = v + b
+                v = max(v, top * 0)
+                v = min(v, top)
+                u[i] = v
+                cell[i] = np.int32(v)
+            for i in range(m):  # one lookup and a truncated sum give the code
+                code[i] = np.uint32(table[cell[i]] + u[i])
+            if not pack:
+                for i in range(m):
+                    out[i0 + i] = code[i]
+                continue
+            nw = (m + per - 1) // per
+            for i in range(m, nw * per):
+                code[i] = 0
+            w0 = i0 // per
+            for w in range(nw):  # first code in the highest bits
+                acc = np.uint64(0)
+                for j in range(per):
+                    acc = (acc << shift) | np.uint64(code[w * per + j])
+                out[w0 + w] = np.int64(acc)
+
+    @numba.njit(nogil=True, cache=True)
+    def _decode_kernel(words, table, lut, bits, unit, group, numel, rows, vals, first, last):  # type: ignore[no-untyped-def]
+        per = 64 // bits
+        span = group * per  # codes per group of words: a whole number of lookups
+        lookups = span // unit
+        ngroups = numel // span
+        step = bits * unit
+        umask = (np.uint64(1) << np.uint64(step)) - np.uint64(1)
+        cmask = (np.uint64(1) << np.uint64(bits)) - np.uint64(1)
+        for g in range(first, last):
+            r = g * lookups
+            carry = np.uint64(0)
+            pending = 0  # codes of the current lookup taken from the previous word
+            for k in range(group):
+                wd = np.uint64(words[g * group + k])
+                pos = 0
+                if pending:
+                    need = unit - pending
+                    nmask = (np.uint64(1) << np.uint64(bits * need)) - np.uint64(1)
+                    hi = (wd >> np.uint64(bits * (per - need))) & nmask
+                    rows[r] = table[np.int64((carry << np.uint64(bits * need)) | hi)]
+                    r += 1
+                    pos = need
+                sh = bits * (per - pos)
+                while pos + unit <= per:  # lookups wholly inside this word
+                    sh -= step
+                    rows[r] = table[np.int64((wd >> np.uint64(sh)) & umask)]
+                    r += 1
+                    pos += unit
+                pending = per - pos
+                if pending:
+                    pmask = (np.uint64(1) << np.uint64(bits * pending)) - np.uint64(1)
+                    carry = wd & pmask
+        tail0 = ngroups * span if last == ngroups else numel
+        for i in range(tail0, numel):  # the codes after the last whole group
+            w = i // per
+            pos = i - w * per
+            c = (np.uint64(words[w]) >> np.uint64(bits * (per - 1 - pos))) & cmask
+            vals[i] = lut[np.int64(c)]
+
+
+def encode(
+    x: np.ndarray, a: float, b: float, top: float, table: np.ndarray, bits: int, out: np.ndarray
+) -> None:
+    """Codes of ``x`` on an encoder's grid, packed into ``out`` (int64 words) or not.
+
+    ``x`` is a 1-D float32/float64 array, ``table`` the encoder's one-lookup
+    table of the same dtype (:meth:`optiquant.quant.codebook.Encoder.sum_table`),
+    ``a``/``b`` the affine map to grid units and ``top`` the last cell. With an
+    int64 ``out`` of ``ceil(n / (64 // bits))`` words the codes are packed as
+    :func:`optiquant.quant.wordpack.pack_words` packs them; otherwise ``out``
+    (uint8/int32, ``n`` entries) receives the codes.
+
+    >>> import numpy as np
+    >>> if available():
+    ...     out = np.empty(3, dtype=np.uint8)
+    ...     table = np.array([0.0, 0.0, 0.0], dtype=np.float32)  # code = cell
+    ...     encode(np.array([0.2, 1.5, 9.0], np.float32), 1.0, 0.0, 2.0, table, 2, out)
+    ...     print(out.tolist())
+    ... else:
+    ...     print([0, 1, 2])
+    [0, 1, 2]
+    """
+    if numba is None:
+        raise RuntimeError("the compiled kernels need numba (pip install 'optiquant[fast]')")
+    if x.ndim != 1 or x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"x must be a 1-D float32/float64 array, got {x.dtype} with {x.ndim} dims")
+    if table.dtype != x.dtype:
+        raise TypeError(f"table must have the same dtype as x ({x.dtype}), got {table.dtype}")
+    if not 1 <= bits <= 32:
+        raise ValueError(f"bits must be in [1, 32], got {bits}")
+    pack = out.dtype == np.int64
+    need = -(-x.size // (64 // bits)) if pack else x.size
+    if out.ndim != 1 or out.size != need:
+        raise ValueError(f"out must hold {need} entries, got {out.size}")
+    npd = x.dtype.type
+    nblocks = -(-x.size // _block(64 // bits if pack else 1))
+    _run(_encode_kernel, nblocks, x, npd(a), npd(b), npd(top), table, bits, pack, out)
+
+
+_ROW = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def _layout(bits: int, itemsize: int) -> tuple[int, int]:
+    """(codes per lookup, words per group) for packed ``bits``-wide codes.
+
+    A lookup yields one machine word of values (8 bytes) when its index stays
+    within 16 bits, otherwise one value; a group is the fewest whole words
+    whose codes split into whole lookups.
+    """
+    unit = max(1, 8 // itemsize)
+    while unit > 1 and unit * bits > 16:
+        unit //= 2
+    per = 64 // bits
+    group = 1
+    while (group * per) % unit:
+        group += 1
+    return unit, group
+
+
+def decode_words(
+    words: np.ndarray, lut: torch.Tensor, bits: int, numel: int, out: torch.Tensor
+) -> bool:
+    """Decode packed ``words`` into ``out`` (contiguous, CPU) with ``lut``; False if unsuitable.
+
+    ``lut`` holds the value of each code (``out``'s dtype); codes past its end
+    decode to its last entry. Each lookup takes as many consecutive codes as
+    fill 8 bytes of output (two float32, four float16, or one value when the
+    index would pass 16 bits) from a table of the values they stand for and
+    writes them with one store. Returns False, writing nothing, when the
+    kernels are off or ``out`` is not a suitable buffer.
+
+    >>> import numpy as np
+    >>> words = np.array([0x1230000000000000], dtype=np.int64)  # codes 1, 2, 3, 0, ...
+    >>> out = torch.empty(3)
+    >>> ok = decode_words(words, torch.tensor([0.0, 10.0, 20.0, 30.0]), 4, 3, out)
+    >>> out.tolist() if ok else [10.0, 20.0, 30.0]
+    [10.0, 20.0, 30.0]
+    """
+    if not available() or out.device.type != "cpu" or not out.is_contiguous():
+        return False
+    isz = out.element_size()
+    vtype = _ROW.get(isz)
+    if vtype is None or lut.dtype != out.dtype or out.numel() < numel or not 1 <= bits <= 32:
+        return False
+    unit, group = _layout(bits, isz)
+    rtype = _ROW[unit * isz]
+    if out.data_ptr() % (unit * isz):
+        return False
+    per = 64 // bits
+    if words.size < -(-numel // per):
+        raise ValueError(f"{words.size} words cannot hold {numel} codes of {bits} bits")
+    mask = (1 << bits) - 1
+    src = lut.detach().cpu()
+    full = src[torch.arange(min(1 << bits, 1 << 16)).clamp(max=src.numel() - 1)]
+    if unit == 1:
+        table = full
+    else:
+        idx = torch.arange(1 << (bits * unit))
+        shifts = torch.arange(unit - 1, -1, -1) * bits
+        table = full[(idx[:, None] >> shifts) & mask].contiguous()  # (rows, unit) values
+    table_np = table.contiguous().view(torch.uint8).numpy().view(rtype).reshape(-1)
+    lut_np = full.contiguous().view(torch.uint8).numpy().view(vtype)
+    vals = out.reshape(-1)[:numel].view(torch.uint8).numpy().view(vtype)
+    span = group * per
+    n_rows = (numel // span) * span // unit
+    rows = vals[: n_rows * unit].view(rtype)
+    words_np = np.ascontiguousarray(words, dtype=np.int64)
+    args = (words_np, table_np, lut_np, bits, unit, group, numel, rows, vals)
+    _run(_decode_kernel, numel // span, *args)
+    return True
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) the float32 kernels now rather than at first use.
+
+    >>> warm_up()  # does nothing without numba
+    """
+    if numba is None:
+        return
+    x = np.zeros(64, dtype=np.float32)
+    encode(x, 1.0, 0.0, 1.0, np.zeros(2, dtype=np.float32), 4, np.empty(4, np.int64))
+    decode_words(np.zeros(4, np.int64), torch.zeros(16), 4, 64, torch.empty(64))

@@ -1,0 +1,114 @@
+"""The compiled encode/decode loops give exactly what the torch/numpy paths give."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from optiquant.quant import kernels
+from optiquant.quant.codebook import Encoder
+from optiquant.quant.distributional import dequantize, dist_codebook, quantize
+from optiquant.quant.wordpack import pack_words
+
+pytest.importorskip("numba", reason="the compiled kernels need numba (the 'fast' extra)")
+
+
+def _randn(n: int, seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def _both(fn):  # type: ignore[no-untyped-def]
+    """``fn()`` with the kernels and with the fallback paths."""
+    assert kernels.available()
+    with_kernels = fn()
+    with kernels.disabled():
+        assert not kernels.available()
+        without = fn()
+    return with_kernels, without
+
+
+# Sizes that end inside a packed word and inside a group of words.
+@pytest.mark.parametrize("k", list(range(1, 17)))
+@pytest.mark.parametrize("packbits", [True, False])
+def test_quantize_and_dequantize_equal_the_fallback(k: int, packbits: bool) -> None:
+    x = _randn(300_007, seed=k) * 1.7 - 0.4
+    x[:3] = torch.tensor([90.0, -90.0, 0.0])  # clamped at both ends of the grid
+    (q, info), (q0, _) = _both(lambda: quantize(x, k=k, beta=1.2, packbits=packbits))
+    assert q.dtype == q0.dtype and torch.equal(q, q0)
+    y, y0 = _both(lambda: dequantize(q, **info))
+    assert torch.equal(y, y0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("k", [1, 3, 4, 7, 8, 12])
+def test_other_dtypes_equal_the_fallback(dtype: torch.dtype, k: int) -> None:
+    x = _randn(200_003, seed=100 + k, dtype=torch.float64).to(dtype)
+    (q, info), (q0, _) = _both(lambda: quantize(x, k=k, beta=1.0))
+    assert torch.equal(q, q0)
+    y, y0 = _both(lambda: dequantize(q, **info))
+    assert y.dtype == dtype and torch.equal(y, y0)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 5, 7, 9, 16])
+def test_codes_past_the_codebook_decode_to_its_last_value(bits: int) -> None:
+    n_pts = (1 << bits) - 3  # codes n_pts .. 2**bits - 1 are not valid points
+    codes = torch.randint(0, 1 << bits, (100_003,), generator=torch.Generator().manual_seed(bits))
+    words = pack_words(codes, bits).numpy()
+    lut = torch.linspace(-1.0, 1.0, n_pts)
+    out = torch.empty(codes.numel())
+    assert kernels.decode_words(words, lut, bits, codes.numel(), out)
+    expected = lut[codes.clamp(max=n_pts - 1)]
+    assert torch.equal(out, expected)
+
+
+def test_two_threads_give_the_same_result_and_keep_torch_threads() -> None:
+    x = _randn(1_000_003, seed=7)
+    _, th = dist_codebook("gaussian", 16, 1.0)
+    enc = Encoder(th)
+    a, b = enc.affine(0.0, 1.0)
+    table = enc.sum_table(torch.float32)
+    assert table is not None
+    results = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)  # conftest restores the setting
+        out = np.empty(-(-x.numel() // 16), dtype=np.int64)
+        kernels.encode(x.numpy(), a, b, enc.cells - 1, table.numpy(), 4, out)
+        decoded = torch.empty(x.numel())
+        assert kernels.decode_words(out, th.float(), 4, x.numel(), decoded)
+        assert torch.get_num_threads() == threads  # the kernels leave torch's setting alone
+        results.append((out, decoded))
+    torch.set_num_threads(1)
+    assert np.array_equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+
+
+def test_switches_turn_the_kernels_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert kernels.available()
+    with kernels.disabled():
+        assert not kernels.available()
+        assert not kernels.decode_words(np.zeros(1, np.int64), torch.zeros(2), 1, 3, torch.empty(3))
+    monkeypatch.setenv("OPTIQUANT_KERNELS", "0")
+    assert not kernels.available()
+    monkeypatch.setenv("OPTIQUANT_KERNELS", "1")
+    assert kernels.available()
+
+
+def test_unsuitable_buffers_fall_back_and_bad_arguments_raise() -> None:
+    words = np.zeros(4, dtype=np.int64)
+    lut = torch.zeros(16)
+    assert not kernels.decode_words(words, lut, 4, 32, torch.empty(64)[::2])  # not contiguous
+    assert not kernels.decode_words(words, lut.double(), 4, 64, torch.empty(64))  # dtypes differ
+    assert not kernels.decode_words(words, lut, 4, 63, torch.empty(64)[1:])  # misaligned rows
+    with pytest.raises(ValueError, match="cannot hold"):
+        kernels.decode_words(words, lut, 4, 65, torch.empty(65))
+    x = np.zeros(10, dtype=np.float32)
+    table = np.zeros(3, dtype=np.float32)
+    with pytest.raises(TypeError, match="float32/float64"):
+        kernels.encode(x.astype(np.float16), 1.0, 0.0, 2.0, table, 2, np.empty(1, np.int64))
+    with pytest.raises(TypeError, match="same dtype"):
+        kernels.encode(x, 1.0, 0.0, 2.0, table.astype(np.float64), 2, np.empty(1, np.int64))
+    with pytest.raises(ValueError, match="bits"):
+        kernels.encode(x, 1.0, 0.0, 2.0, table, 0, np.empty(1, np.int64))
+    with pytest.raises(ValueError, match="out must hold 1"):
+        kernels.encode(x, 1.0, 0.0, 2.0, table, 2, np.empty(2, np.int64))
