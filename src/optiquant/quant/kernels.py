@@ -94,11 +94,24 @@ def _run(kernel: Any, items: int, *args: Any) -> None:
             f.result()
 
 
+def _jit(**options: Any) -> Any:
+    """``numba.njit`` with an on-disk cache where a cache location is writable."""
+    assert numba is not None
+
+    def decorate(fn: Any) -> Any:
+        try:
+            return numba.njit(cache=True, **options)(fn)
+        except RuntimeError:  # no writable cache location: compile in each process
+            return numba.njit(**options)(fn)
+
+    return decorate
+
+
 if numba is not None:
-    _block_jit = numba.njit(cache=True)(_block)
+    _block_jit = _jit()(_block)
     _FASTMATH = {"nnan", "nsz"}  # no contraction or reassociation: the same roundings
 
-    @numba.njit(nogil=True, cache=True, fastmath=_FASTMATH)
+    @_jit(nogil=True, fastmath=_FASTMATH)
     def _encode_kernel(x, a, b, top, table, bits, pack, out, first, last):  # type: ignore[no-untyped-def]
         n = x.size
         per = 64 // bits if pack else 1
@@ -133,7 +146,7 @@ if numba is not None:
                     acc = (acc << shift) | np.uint64(code[w * per + j])
                 out[w0 + w] = np.int64(acc)
 
-    @numba.njit(nogil=True, cache=True)
+    @_jit(nogil=True)
     def _decode_kernel(words, table, lut, bits, unit, group, numel, rows, vals, first, last):  # type: ignore[no-untyped-def]
         per = 64 // bits
         span = group * per  # codes per group of words: a whole number of lookups
