@@ -129,6 +129,13 @@ def steps_to(curve, target: float) -> int | None:
     return None
 
 
+def pick_best(runs: dict[float, list], target: float, budget: int):
+    """(best lr, first step at the target or None, share of the budget as text)."""
+    best = min(runs, key=lambda lr: (steps_to(runs[lr], target) or 10**9, runs[lr][-1][1]))
+    hit = steps_to(runs[best], target)
+    return best, hit, (f"{hit / budget:.0%}" if hit is not None else "not reached")
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -164,10 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     for name, make in digits_psgd.items():
         runs = {lr: run_digits(make, lr, d_steps) for lr in grid}
-        best = min(runs, key=lambda lr: (steps_to(runs[lr], target) or 10**9, runs[lr][-1][1]))
-        hit = steps_to(runs[best], target)
+        best, hit, ratio = pick_best(runs, target, d_steps)
         curves["digits"][f"{name} lr={best:g}"] = runs[best]
-        ratio = f"{hit / d_steps:.0%}" if hit is not None else "not reached"
         rows.append(("digits", name, best, hit, runs[best][-1][1], ratio))
         print(
             f"digits {name}: lr {best:g}, {hit} steps ({ratio}) [{time.time() - t0:.0f}s]",
@@ -220,10 +225,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.quick:
             lrs = lrs[-2:]
         runs = {lr: run_rosen(make, lr, r_steps, hessian) for lr in lrs}
-        best = min(runs, key=lambda lr: (steps_to(runs[lr], target) or 10**9, runs[lr][-1][1]))
-        hit = steps_to(runs[best], target)
+        best, hit, ratio = pick_best(runs, target, r_steps)
         curves["rosenbrock-100"][f"{name} lr={best:g}"] = runs[best]
-        ratio = f"{hit / r_steps:.0%}" if hit is not None else "not reached"
         rows.append(("rosenbrock-100", name, best, hit, runs[best][-1][1], ratio))
         print(
             f"rosenbrock {name}: lr {best:g}, {hit} steps ({ratio}) [{time.time() - t0:.0f}s]",
@@ -248,10 +251,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, make in rosen2_psgd.items():
         lrs = [1.0, 2.0] if args.quick else [0.3, 1.0, 2.0]
         runs = {lr: run_rosen(make, lr, r2_steps, True, dim=2) for lr in lrs}
-        best = min(runs, key=lambda lr: (steps_to(runs[lr], target) or 10**9, runs[lr][-1][1]))
-        hit = steps_to(runs[best], target)
+        best, hit, ratio = pick_best(runs, target, r2_steps)
         curves["rosenbrock-2"][f"{name} lr={best:g}"] = runs[best]
-        ratio = f"{hit / r2_steps:.0%}" if hit is not None else "not reached"
         rows.append(("rosenbrock-2", name, best, hit, runs[best][-1][1], ratio))
         print(
             f"rosenbrock-2 {name}: lr {best:g}, {hit} steps ({ratio}) [{time.time() - t0:.0f}s]",
