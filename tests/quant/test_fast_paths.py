@@ -13,6 +13,7 @@ import torch
 
 import optiquant.quant as oq
 from optiquant.io.bitpack import _as_rows, pack_groups, unpack_bits, unpack_groups
+from optiquant.quant.base import _fingerprint
 from optiquant.quant.codecs import (
     GroupedCodec,
     LSQCodec,
@@ -235,3 +236,26 @@ def test_grouped_round_trip_from_unaligned_buffers() -> None:
             dtype=torch.int16,
         )[shift:]
         assert torch.equal(pack_groups(unpacked, widths, gs), packed)
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (37, 29), (3000,)])
+def test_fingerprint_is_a_position_weighted_sum(shape: tuple[int, ...]) -> None:
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    raw = x.reshape(-1).view(torch.uint8)
+    v = raw.view(torch.int64) if raw.numel() % 8 == 0 else raw.view(torch.int32).to(torch.int64)
+    i = torch.arange(v.numel(), dtype=torch.int64)
+    assert torch.equal(_fingerprint(x), torch.stack([v.sum(), (v * i).sum()]))
+
+
+def test_packed_state_cache_sees_silent_reordering() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(64, 64)
+    q = oq.UniformQuantizer(model, bits=4, min_size=0)
+    first = q.get_quantized_state()
+    with torch.no_grad():
+        model.weight.data.copy_(model.weight.data.flip(0))  # same values, same plain sum
+    flipped = q.get_quantized_state()
+    fresh = oq.restore_quantized_state(torch.nn.Linear(64, 64), flipped)
+    assert torch.equal(fresh.weight, q.quantized_weights()["weight"])
+    before = oq.restore_quantized_state(torch.nn.Linear(64, 64), first).weight
+    assert torch.equal(fresh.weight, before.flip(0))

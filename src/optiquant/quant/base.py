@@ -135,17 +135,38 @@ def _tensor_key(t: torch.Tensor) -> tuple[Any, ...]:
     return (id(t), t._version, t.data_ptr(), t.device, t.dtype, tuple(t.shape))
 
 
-def _fingerprint(t: torch.Tensor) -> torch.Tensor:
-    """Wrapping sum of the bit patterns of ``t``: catches in-place edits that bypass
-    autograd's version counter (``param.data.mul_(...)``)."""
+def _fingerprint(t: torch.Tensor, cols: int = 1024) -> torch.Tensor:
+    """``(sum v_i, sum i * v_i)`` of the bit patterns ``v`` of ``t``, wrapping in int64.
+
+    Catches in-place edits that bypass autograd's version counter
+    (``param.data.mul_(...)``), including reorderings (``param.data.copy_(
+    param.data.flip(0))``), which leave a plain sum unchanged. The weighted sum
+    comes from the row and column sums of ``v`` laid out as a matrix.
+    """
     flat = t.detach().reshape(-1)
     if not flat.is_contiguous():
         flat = flat.contiguous()
     raw = flat.view(torch.uint8)
+    v = raw
     for dtype, size in ((torch.int64, 8), (torch.int32, 4), (torch.int16, 2)):
         if raw.numel() % size == 0:
-            return raw.view(dtype).sum(dtype=dtype)
-    return raw.sum(dtype=torch.int64)
+            v = raw.view(dtype)
+            break
+    n = v.numel()
+    rows = n // cols
+    body = v[: rows * cols].view(rows, cols)
+    row_sums = body.sum(1, dtype=torch.int64)
+    col_sums = body.sum(0, dtype=torch.int64)
+    r = torch.arange(rows, dtype=torch.int64, device=v.device)
+    c = torch.arange(cols, dtype=torch.int64, device=v.device)
+    total = row_sums.sum()
+    weighted = cols * (r * row_sums).sum() + (c * col_sums).sum()
+    if rows * cols < n:
+        tail = v[rows * cols :].to(torch.int64)
+        index = torch.arange(rows * cols, n, dtype=torch.int64, device=v.device)
+        total = total + tail.sum()
+        weighted = weighted + (index * tail).sum()
+    return torch.stack([total, weighted])
 
 
 def _device_of(enc: EncodedTensor) -> torch.device | None:
@@ -364,7 +385,7 @@ class BaseQuantizer:
         if (
             entry is not None
             and entry.key == key
-            and bool(entry.fingerprint == _fingerprint(weight))
+            and torch.equal(entry.fingerprint, _fingerprint(weight))
         ):
             if decode and entry.weight is None:
                 with torch.no_grad():
