@@ -112,3 +112,17 @@ def test_unsuitable_buffers_fall_back_and_bad_arguments_raise() -> None:
         kernels.encode(x, 1.0, 0.0, 2.0, table, 0, np.empty(1, np.int64))
     with pytest.raises(ValueError, match="out must hold 1"):
         kernels.encode(x, 1.0, 0.0, 2.0, table, 2, np.empty(2, np.int64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64, torch.uint8])
+def test_fingerprint_kernel_equals_the_torch_sums(dtype: torch.dtype) -> None:
+    from optiquant.quant.base import _fingerprint
+
+    x = (torch.randn(70_001, generator=torch.Generator().manual_seed(3)) * 50).to(dtype)
+    (fast,), (slow,) = _both(lambda: (_fingerprint(x),))
+    assert torch.equal(fast, slow)
+    raw = x.reshape(-1).view(torch.uint8)
+    size = next(s for s in (8, 4, 2, 1) if raw.numel() % s == 0)
+    v = raw.view({8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}[size]).long()
+    index = torch.arange(v.numel())
+    assert torch.equal(fast, torch.stack([v.sum(), (v * index).sum()]))

@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from optiquant.quant import kernels
 from optiquant.quant.codecs import encode_float
 from optiquant.quant.config import QuantizerConfig
 from optiquant.quant.encoded import EncodedTensor
@@ -141,7 +142,8 @@ def _fingerprint(t: torch.Tensor, cols: int = 1024) -> torch.Tensor:
     Catches in-place edits that bypass autograd's version counter
     (``param.data.mul_(...)``), including reorderings (``param.data.copy_(
     param.data.flip(0))``), which leave a plain sum unchanged. The weighted sum
-    comes from the row and column sums of ``v`` laid out as a matrix.
+    comes from the row and column sums of ``v`` laid out as a matrix (or from
+    one compiled pass, :func:`optiquant.quant.kernels.fingerprint`).
     """
     flat = t.detach().reshape(-1)
     if not flat.is_contiguous():
@@ -153,6 +155,8 @@ def _fingerprint(t: torch.Tensor, cols: int = 1024) -> torch.Tensor:
             v = raw.view(dtype)
             break
     n = v.numel()
+    if v.device.type == "cpu" and n >= kernels.MIN_NUMEL and kernels.available():
+        return torch.tensor(kernels.fingerprint(v.numpy()), dtype=torch.int64)
     rows = n // cols
     body = v[: rows * cols].view(rows, cols)
     row_sums = body.sum(1, dtype=torch.int64)

@@ -29,7 +29,7 @@ try:  # optional: the ``fast`` extra
 except ImportError:  # pragma: no cover - depends on the installation
     numba = None  # type: ignore[assignment]
 
-__all__ = ["available", "decode_words", "disabled", "encode", "warm_up"]
+__all__ = ["available", "decode_words", "disabled", "encode", "fingerprint", "warm_up"]
 
 MIN_NUMEL = 1 << 16
 """Tensors smaller than this use the fallback paths (nothing to gain from the kernels)."""
@@ -187,6 +187,19 @@ if numba is not None:
             vals[i] = lut[np.int64(c)]
 
 
+if numba is not None:
+
+    @_jit(nogil=True)
+    def _fingerprint_kernel(v):  # type: ignore[no-untyped-def]
+        total = np.uint64(0)
+        weighted = np.uint64(0)
+        for i in range(v.size):
+            x = np.uint64(np.int64(v[i]))  # sign-extended, as torch widens to int64
+            total += x
+            weighted += x * np.uint64(i)
+        return total, weighted
+
+
 def encode(
     x: np.ndarray, a: float, b: float, top: float, table: np.ndarray, bits: int, out: np.ndarray
 ) -> None:
@@ -297,6 +310,25 @@ def decode_words(
     args = (words_np, table_np, lut_np, bits, unit, group, numel, rows, vals)
     _run(_decode_kernel, numel // span, *args)
     return True
+
+
+def fingerprint(values: np.ndarray) -> tuple[int, int]:
+    """``(sum v_i, sum i * v_i)`` of a 1-D integer array, wrapping modulo ``2**64``.
+
+    Returned as signed 64-bit integers, the values the same sums give in torch's int64.
+
+    >>> if available():
+    ...     print(fingerprint(np.array([3, -1, 2], dtype=np.int32)))
+    ... else:
+    ...     print((4, 3))
+    (4, 3)
+    """
+    if numba is None:
+        raise RuntimeError("the compiled kernels need numba (pip install 'optiquant[fast]')")
+    if values.ndim != 1 or values.dtype.kind not in "iu":
+        raise TypeError(f"values must be a 1-D integer array, got {values.dtype}, {values.ndim}-D")
+    total, weighted = _fingerprint_kernel(values)
+    return int(np.uint64(total).view(np.int64)), int(np.uint64(weighted).view(np.int64))
 
 
 def warm_up() -> None:
