@@ -153,7 +153,15 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     t0 = time.time()
     rows = []
-    curves: dict[str, dict[str, list]] = {"digits": {}, "rosenbrock-100": {}}
+    curves: dict[str, dict[str, list]] = {"digits": {}, "rosenbrock-100": {}, "rosenbrock-2": {}}
+
+    def report(problem: str, name: str, runs: dict[float, list], target: float, budget: int):
+        """Keep the tuned run of one optimizer: its curve, its table row, a progress line."""
+        best, hit, ratio = pick_best(runs, target, budget)
+        curves[problem][f"{name} lr={best:g}"] = runs[best]
+        rows.append((problem, name, best, hit, runs[best][-1][1], ratio))
+        print(f"{problem} {name}: lr {best:g}, {hit} steps ({ratio}) [{time.time() - t0:.0f}s]",
+              flush=True)  # fmt: skip
 
     # digits ------------------------------------------------------------------
     d_steps = 300
@@ -171,13 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     for name, make in digits_psgd.items():
         runs = {lr: run_digits(make, lr, d_steps) for lr in grid}
-        best, hit, ratio = pick_best(runs, target, d_steps)
-        curves["digits"][f"{name} lr={best:g}"] = runs[best]
-        rows.append(("digits", name, best, hit, runs[best][-1][1], ratio))
-        print(
-            f"digits {name}: lr {best:g}, {hit} steps ({ratio}) [{time.time() - t0:.0f}s]",
-            flush=True,
-        )
+        report("digits", name, runs, target, d_steps)
 
     # Rosenbrock --------------------------------------------------------------
     r_steps = 3000
@@ -225,13 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.quick:
             lrs = lrs[-2:]
         runs = {lr: run_rosen(make, lr, r_steps, hessian) for lr in lrs}
-        best, hit, ratio = pick_best(runs, target, r_steps)
-        curves["rosenbrock-100"][f"{name} lr={best:g}"] = runs[best]
-        rows.append(("rosenbrock-100", name, best, hit, runs[best][-1][1], ratio))
-        print(
-            f"rosenbrock {name}: lr {best:g}, {hit} steps ({ratio}) [{time.time() - t0:.0f}s]",
-            flush=True,
-        )
+        report("rosenbrock-100", name, runs, target, r_steps)
 
     # Rosenbrock 2-D: the classic valley, where XMat and LRA can hold the whole Hessian
     r2_steps = 1000
@@ -242,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     adam_lr = min(adam_runs, key=lambda lr: adam_runs[lr][-1][1])
     target = adam_runs[adam_lr][-1][1]
-    curves["rosenbrock-2"] = {f"Adam lr={adam_lr:g}": adam_runs[adam_lr]}
+    curves["rosenbrock-2"][f"Adam lr={adam_lr:g}"] = adam_runs[adam_lr]
     rows.append(("rosenbrock-2", "Adam", adam_lr, r2_steps, target, "-"))
     rosen2_psgd = {
         "XMat Hessian": lambda lr: xmat(learning_rate=sched(lr, r2_steps)),
@@ -251,13 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, make in rosen2_psgd.items():
         lrs = [1.0, 2.0] if args.quick else [0.3, 1.0, 2.0]
         runs = {lr: run_rosen(make, lr, r2_steps, True, dim=2) for lr in lrs}
-        best, hit, ratio = pick_best(runs, target, r2_steps)
-        curves["rosenbrock-2"][f"{name} lr={best:g}"] = runs[best]
-        rows.append(("rosenbrock-2", name, best, hit, runs[best][-1][1], ratio))
-        print(
-            f"rosenbrock-2 {name}: lr {best:g}, {hit} steps ({ratio}) [{time.time() - t0:.0f}s]",
-            flush=True,
-        )
+        report("rosenbrock-2", name, runs, target, r2_steps)
 
     print()
     print(
