@@ -67,6 +67,11 @@ def disabled() -> Iterator[None]:
         _local.off = before
 
 
+def _require_numba() -> None:
+    if numba is None:
+        raise RuntimeError("the compiled kernels need numba (pip install 'optiquant[fast]')")
+
+
 def _block(per: int) -> int:
     """Values per encoding block: whole words, about ``_BLOCK`` values."""
     return per * max(1, _BLOCK // per)
@@ -186,9 +191,6 @@ if numba is not None:
             c = (np.uint64(words[w]) >> np.uint64(bits * (per - 1 - pos))) & cmask
             vals[i] = lut[np.int64(c)]
 
-
-if numba is not None:
-
     @_jit(nogil=True)
     def _fingerprint_kernel(v):  # type: ignore[no-untyped-def]
         total = np.uint64(0)
@@ -222,8 +224,7 @@ def encode(
     ...     print([0, 1, 2])
     [0, 1, 2]
     """
-    if numba is None:
-        raise RuntimeError("the compiled kernels need numba (pip install 'optiquant[fast]')")
+    _require_numba()
     if x.ndim != 1 or x.dtype not in (np.float32, np.float64):
         raise TypeError(f"x must be a 1-D float32/float64 array, got {x.dtype} with {x.ndim} dims")
     if table.dtype != x.dtype:
@@ -323,8 +324,7 @@ def fingerprint(values: np.ndarray) -> tuple[int, int]:
     ...     print((4, 3))
     (4, 3)
     """
-    if numba is None:
-        raise RuntimeError("the compiled kernels need numba (pip install 'optiquant[fast]')")
+    _require_numba()
     if values.ndim != 1 or values.dtype.kind not in "iu":
         raise TypeError(f"values must be a 1-D integer array, got {values.dtype}, {values.ndim}-D")
     total, weighted = _fingerprint_kernel(values)
