@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from optiquant.quant import kernels
+from optiquant.quant import kernels, simd
 from optiquant.quant.codebook import Encoder
 from optiquant.quant.distributional import dequantize, dist_codebook, quantize
 from optiquant.quant.wordpack import pack_words
@@ -62,6 +62,56 @@ def test_codes_past_the_codebook_decode_to_its_last_value(bits: int) -> None:
     assert torch.equal(out, expected)
 
 
+needs_simd = pytest.mark.skipif(not simd.supported(), reason="the vector steps need AVX-512F")
+
+
+def _table_encoder(k: int) -> tuple[Encoder, float, float, np.ndarray]:
+    _, th = dist_codebook("gaussian", 1 << k, 1.0)
+    enc = Encoder(th)
+    a, b = enc.affine(0.1, 1.3)
+    table = enc.sum_table(torch.float32)
+    assert table is not None
+    return enc, a, b, table.numpy()
+
+
+@needs_simd
+@pytest.mark.parametrize("k", list(range(1, 17)))
+def test_vector_steps_equal_the_scalar_kernels(k: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # lengths that end inside a 16-lane step, a packed word and a pattern period
+    x = _randn(70_001 + 13 * k, seed=200 + k) * 1.5
+    x[:4] = torch.tensor([1e4, -1e4, 0.0, -0.0])
+    enc, a, b, table = _table_encoder(k)
+    per = 64 // k
+    codes = torch.randint(0, 1 << k, (x.numel(),), generator=torch.Generator().manual_seed(k))
+    words = pack_words(codes, k).numpy()
+    lut = torch.linspace(-3.0, 2.0, 1 << k)
+
+    def run() -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+        packed = np.empty(-(-x.numel() // per), dtype=np.int64)
+        kernels.encode(x.numpy(), a, b, enc.cells - 1, table, k, packed)
+        loose = np.empty(x.numel(), dtype=np.int32)
+        kernels.encode(x.numpy(), a, b, enc.cells - 1, table, k, loose)
+        decoded = torch.empty(x.numel())
+        assert kernels.decode_words(words, lut, k, x.numel(), decoded)
+        return packed, loose, decoded
+
+    packed, loose, decoded = run()
+    monkeypatch.setattr(simd, "_SUPPORTED", False)
+    assert not kernels.vectorized()
+    packed0, loose0, decoded0 = run()
+    assert np.array_equal(packed, packed0) and np.array_equal(loose, loose0)
+    assert torch.equal(decoded, decoded0) and torch.equal(decoded, lut[codes])
+    assert torch.equal(torch.from_numpy(loose0).long(), enc.encode(x, a, b, normalized=True).long())
+
+
+@needs_simd
+def test_every_lookup_variant_is_exercised() -> None:
+    cells = {k: _table_encoder(k)[0].cells for k in range(1, 17)}
+    modes = {simd.lookup_mode(c) for c in cells.values()}
+    modes |= {simd.lookup_mode(1 << k) for k in range(1, 17)}
+    assert modes == {simd.PERM16, simd.PERM32, simd.GATHER}
+
+
 def test_two_threads_give_the_same_result_and_keep_torch_threads() -> None:
     x = _randn(1_000_003, seed=7)
     _, th = dist_codebook("gaussian", 16, 1.0)
@@ -92,6 +142,8 @@ def test_switches_turn_the_kernels_off(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not kernels.available()
     monkeypatch.setenv("OPTIQUANT_KERNELS", "1")
     assert kernels.available()
+    monkeypatch.setenv("OPTIQUANT_SIMD", "0")
+    assert not simd._host_has_avx512()  # read when the module is imported
 
 
 def test_unsuitable_buffers_fall_back_and_bad_arguments_raise() -> None:

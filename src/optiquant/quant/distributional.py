@@ -511,12 +511,14 @@ def _encode_cpu(
     are then packed into the output words in place. Chunks are sized for the
     L2 cache. With the compiled kernels (:mod:`optiquant.quant.kernels`) and
     more than ``_COUNT_FAST`` thresholds, the table form runs as one fused pass
-    instead.
+    instead (whatever the number of thresholds when the kernels run as vector code,
+    :func:`optiquant.quant.kernels.vectorized`).
     """
     if x.device.type != "cpu" or (packbits and not _LITTLE) or not enc.grid:
         return None
     numel = x.numel()
-    few = enc.n - 1 <= _COUNT_FAST  # counting a few thresholds beats the kernel's lookup
+    # counting a few thresholds beats the scalar kernel's lookup, not the vector one
+    few = enc.n - 1 <= _COUNT_FAST and not kernels.vectorized(x.dtype)
     if kernels.available() and numel >= kernels.MIN_NUMEL and x.dtype == work and not few:
         fused = enc.sum_table(work)
         if fused is not None:  # one compiled pass: codes and packing

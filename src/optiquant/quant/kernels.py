@@ -14,6 +14,7 @@ Set the environment variable ``OPTIQUANT_KERNELS=0`` (read at each call) or use
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Iterator
@@ -24,12 +25,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from optiquant.quant import simd
+
 try:  # optional: the ``fast`` extra
     import numba
 except ImportError:  # pragma: no cover - depends on the installation
     numba = None  # type: ignore[assignment]
 
-__all__ = ["available", "decode_words", "disabled", "encode", "fingerprint", "warm_up"]
+__all__ = [
+    "available",
+    "decode_words",
+    "disabled",
+    "encode",
+    "fingerprint",
+    "vectorized",
+    "warm_up",
+]
 
 MIN_NUMEL = 1 << 16
 """Tensors smaller than this use the fallback paths (nothing to gain from the kernels)."""
@@ -49,6 +60,18 @@ def available() -> bool:
     if numba is None or getattr(_local, "off", False):
         return False
     return os.environ.get("OPTIQUANT_KERNELS", "1").strip().lower() not in ("0", "false", "no")
+
+
+def vectorized(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether the kernels run as AVX-512 vector code for values of ``dtype`` here.
+
+    True for float32 on CPUs with AVX-512F (see :mod:`optiquant.quant.simd`);
+    other cases use the scalar compiled loops.
+
+    >>> isinstance(vectorized(), bool)
+    True
+    """
+    return available() and simd.supported() and dtype == torch.float32
 
 
 @contextmanager
@@ -75,6 +98,11 @@ def _require_numba() -> None:
 def _block(per: int) -> int:
     """Values per encoding block: whole words, about ``_BLOCK`` values."""
     return per * max(1, _BLOCK // per)
+
+
+def _simd_block(per: int) -> int:
+    """Values per vector encoding block: whole words and whole 16-lane steps."""
+    return per * 16 * max(1, _BLOCK // (per * 16))
 
 
 def _run(kernel: Any, items: int, *args: Any) -> None:
@@ -201,6 +229,84 @@ if numba is not None:
             weighted += x * np.uint64(i)
         return total, weighted
 
+    _simd_block_jit = _jit()(_simd_block)
+
+    @_jit(nogil=True, fastmath=_FASTMATH)
+    def _encode_simd_kernel(  # type: ignore[no-untyped-def]
+        x, a, b, top, table, table_bits, mode, bits, pack, shift, out, first, last
+    ):
+        n = x.size
+        per = 64 // bits if pack else 1
+        blk = _simd_block_jit(per)
+        code = np.zeros(blk + 16, dtype=np.int32)
+        for bi in range(first, last):
+            i0 = bi * blk
+            m = min(blk, n - i0)
+            mv = m - m % 16
+            for i in range(0, mv, 16):
+                if mode == simd.PERM16:
+                    simd.encode16_perm16(x, i0 + i, a, b, top, table_bits, code, i)
+                elif mode == simd.PERM32:
+                    simd.encode16_perm32(x, i0 + i, a, b, top, table_bits, code, i)
+                else:
+                    simd.encode16_gather(x, i0 + i, a, b, top, table_bits, code, i)
+            for i in range(mv, m):  # the scalar loop's arithmetic
+                v = x[i0 + i] * a
+                v = v + b
+                v = max(v, top * 0)
+                v = min(v, top)
+                code[i] = np.int32(table[np.int32(v)] + v)
+            if not pack:
+                for i in range(m):
+                    out[i0 + i] = code[i]
+                continue
+            nw = (m + per - 1) // per
+            for i in range(m, nw * per):
+                code[i] = 0
+            w0 = i0 // per
+            first_word = 0
+            if bits == 8:  # two words of byte codes per step
+                first_word = nw - nw % 2
+                for w in range(0, first_word, 2):
+                    simd.pack16_bytes(code, w * 8, out, w0 + w)
+            for w in range(first_word, nw):
+                acc = np.uint64(0)
+                base = w * per
+                for c in range(0, per, 16):
+                    acc |= simd.pack16(code, base + c, min(16, per - c), shift, c)
+                out[w0 + w] = np.int64(acc)
+
+    @_jit(nogil=True)
+    def _decode_simd_kernel(  # type: ignore[no-untyped-def]
+        words, table, mode, byte_codes, woff, shift, starts, span_words, mask, out, first, last
+    ):
+        steps = starts.size  # 16-lane steps per period of the word/lane pattern
+        span = 16 * steps
+        for q in range(first, last):
+            w0 = q * span_words
+            o0 = q * span
+            for p in range(steps):
+                w = w0 + starts[p]
+                s = 16 * p
+                o = o0 + s
+                if byte_codes:
+                    simd.decode16_bytes_gather(words, w, table, out, o)
+                elif mode == simd.PERM16:
+                    simd.decode16_perm16(words, w, woff, shift, s, mask, table, out, o)
+                elif mode == simd.PERM32:
+                    simd.decode16_perm32(words, w, woff, shift, s, mask, table, out, o)
+                else:
+                    simd.decode16_gather(words, w, woff, shift, s, mask, table, out, o)
+
+    @_jit(nogil=True)
+    def _decode_tail_kernel(words, table, bits, start, numel, out):  # type: ignore[no-untyped-def]
+        per = 64 // bits
+        cmask = (np.uint64(1) << np.uint64(bits)) - np.uint64(1)
+        for i in range(start, numel):
+            w = i // per
+            c = (np.uint64(words[w]) >> np.uint64(bits * (per - 1 - (i - w * per)))) & cmask
+            out[i] = table[np.int64(c)]
+
 
 def encode(
     x: np.ndarray, a: float, b: float, top: float, table: np.ndarray, bits: int, out: np.ndarray
@@ -236,8 +342,58 @@ def encode(
     if out.ndim != 1 or out.size != need:
         raise ValueError(f"out must hold {need} entries, got {out.size}")
     npd = x.dtype.type
-    nblocks = -(-x.size // _block(64 // bits if pack else 1))
+    per = 64 // bits if pack else 1
+    if simd.supported() and x.dtype == np.float32 and bits <= 16:
+        cells = table.size
+        padded = np.empty(max(cells, 32), dtype=np.float32)
+        padded[:cells] = table
+        padded[cells:] = table[-1]
+        shift = _shifts(bits, per) if pack else np.zeros(16, dtype=np.uint64)
+        mode = simd.lookup_mode(cells)
+        nblocks = -(-x.size // _simd_block(per))
+        bits_view = padded.view(np.int32)
+        args = (x, npd(a), npd(b), npd(top), padded, bits_view, mode, bits, pack, shift, out)
+        _run(_encode_simd_kernel, nblocks, *args)
+        return
+    nblocks = -(-x.size // _block(per))
     _run(_encode_kernel, nblocks, x, npd(a), npd(b), npd(top), table, bits, pack, out)
+
+
+def _shifts(bits: int, per: int) -> np.ndarray:
+    """Shift of each code in a packed word (first code highest), zero-padded to 16-lane steps."""
+    shift = np.zeros(-(-per // 16) * 16, dtype=np.uint64)
+    shift[:per] = bits * (per - 1 - np.arange(per, dtype=np.uint64))
+    return shift
+
+
+def _decode_simd(
+    words: np.ndarray, full: torch.Tensor, bits: int, numel: int, out32: np.ndarray
+) -> None:
+    """Vector decoding of 32-bit values: whole periods of the word/lane pattern, then a scalar tail.
+
+    A period is the fewest 16-lane steps that end on a word boundary; each
+    step reads the eight words from its first one (all of its codes lie in them).
+    """
+    per = 64 // bits
+    g = math.gcd(per, 16)
+    steps, span_words = per // g, 16 // g
+    code = np.arange(16 * steps)
+    starts = code[::16] // per
+    woff = (code // per - np.repeat(starts, 16)).astype(np.int32)
+    shift = (bits * (per - 1 - code % per)).astype(np.uint64)
+    span = 16 * steps
+    room = words.size - int(starts[-1]) - 8  # the last step of a period reads 8 words
+    periods = max(0, min(numel // span, room // span_words + 1 if room >= 0 else 0))
+    src = full.contiguous().view(torch.uint8).numpy().view(np.uint32)
+    table = np.empty(max(src.size, 32), dtype=np.uint32)
+    table[: src.size] = src
+    table[src.size :] = src[-1]
+    mode = simd.lookup_mode(src.size)
+    mask = np.uint64((1 << bits) - 1)
+    starts64 = starts.astype(np.int64)
+    args = (words, table, mode, bits == 8, woff, shift, starts64, span_words, mask, out32)
+    _run(_decode_simd_kernel, periods, *args)
+    _decode_tail_kernel(words, table, bits, periods * span, numel, out32)
 
 
 _ROW = {2: np.uint16, 4: np.uint32, 8: np.uint64}
@@ -295,6 +451,10 @@ def decode_words(
     mask = (1 << bits) - 1
     src = lut.detach().cpu()
     full = src[torch.arange(min(1 << bits, 1 << 16)).clamp(max=src.numel() - 1)]
+    if simd.supported() and isz == 4 and bits <= 16:
+        vals32 = out.reshape(-1)[:numel].view(torch.uint8).numpy().view(np.uint32)
+        _decode_simd(np.ascontiguousarray(words, dtype=np.int64), full, bits, numel, vals32)
+        return True
     if unit == 1:
         table = full
     else:
