@@ -145,6 +145,14 @@ if numba is not None:
     _FASTMATH = {"nnan", "nsz"}  # no contraction or reassociation: the same roundings
 
     @_jit(nogil=True, fastmath=_FASTMATH)
+    def _grid_unit(xv, a, b, top):  # type: ignore[no-untyped-def]
+        """``x * a + b`` (two roundings) clamped to ``[0, top]``."""
+        v = xv * a
+        v = v + b
+        v = max(v, top * 0)
+        return min(v, top)
+
+    @_jit(nogil=True, fastmath=_FASTMATH)
     def _encode_kernel(x, a, b, top, table, bits, pack, out, first, last):  # type: ignore[no-untyped-def]
         n = x.size
         per = 64 // bits if pack else 1
@@ -157,10 +165,7 @@ if numba is not None:
             i0 = bi * blk
             m = min(blk, n - i0)
             for i in range(m):  # grid units, two roundings, clamped
-                v = x[i0 + i] * a
-                v = v + b
-                v = max(v, top * 0)
-                v = min(v, top)
+                v = _grid_unit(x[i0 + i], a, b, top)
                 u[i] = v
                 cell[i] = np.int32(v)
             for i in range(m):  # one lookup and a truncated sum give the code
@@ -187,7 +192,6 @@ if numba is not None:
         ngroups = numel // span
         step = bits * unit
         umask = (np.uint64(1) << np.uint64(step)) - np.uint64(1)
-        cmask = (np.uint64(1) << np.uint64(bits)) - np.uint64(1)
         for g in range(first, last):
             r = g * lookups
             carry = np.uint64(0)
@@ -212,12 +216,8 @@ if numba is not None:
                 if pending:
                     pmask = (np.uint64(1) << np.uint64(bits * pending)) - np.uint64(1)
                     carry = wd & pmask
-        tail0 = ngroups * span if last == ngroups else numel
-        for i in range(tail0, numel):  # the codes after the last whole group
-            w = i // per
-            pos = i - w * per
-            c = (np.uint64(words[w]) >> np.uint64(bits * (per - 1 - pos))) & cmask
-            vals[i] = lut[np.int64(c)]
+        if last == ngroups:  # the codes after the last whole group
+            _decode_tail_kernel(words, lut, bits, ngroups * span, numel, vals)
 
     @_jit(nogil=True)
     def _fingerprint_kernel(v):  # type: ignore[no-untyped-def]
@@ -251,10 +251,7 @@ if numba is not None:
                 else:
                     simd.encode16_gather(x, i0 + i, a, b, top, table_bits, code, i)
             for i in range(mv, m):  # the scalar loop's arithmetic
-                v = x[i0 + i] * a
-                v = v + b
-                v = max(v, top * 0)
-                v = min(v, top)
+                v = _grid_unit(x[i0 + i], a, b, top)
                 code[i] = np.int32(table[np.int32(v)] + v)
             if not pack:
                 for i in range(m):
@@ -300,6 +297,7 @@ if numba is not None:
 
     @_jit(nogil=True)
     def _decode_tail_kernel(words, table, bits, start, numel, out):  # type: ignore[no-untyped-def]
+        """``out[i] = table[code i]`` for codes ``start`` to ``numel - 1``, one at a time."""
         per = 64 // bits
         cmask = (np.uint64(1) << np.uint64(bits)) - np.uint64(1)
         for i in range(start, numel):
@@ -344,12 +342,9 @@ def encode(
     npd = x.dtype.type
     per = 64 // bits if pack else 1
     if simd.supported() and x.dtype == np.float32 and bits <= 16:
-        cells = table.size
-        padded = np.empty(max(cells, 32), dtype=np.float32)
-        padded[:cells] = table
-        padded[cells:] = table[-1]
+        padded = _padded(table)
         shift = _shifts(bits, per) if pack else np.zeros(16, dtype=np.uint64)
-        mode = simd.lookup_mode(cells)
+        mode = simd.lookup_mode(table.size)
         nblocks = -(-x.size // _simd_block(per))
         bits_view = padded.view(np.int32)
         args = (x, npd(a), npd(b), npd(top), padded, bits_view, mode, bits, pack, shift, out)
@@ -357,6 +352,14 @@ def encode(
         return
     nblocks = -(-x.size // _block(per))
     _run(_encode_kernel, nblocks, x, npd(a), npd(b), npd(top), table, bits, pack, out)
+
+
+def _padded(table: np.ndarray) -> np.ndarray:
+    """``table`` extended with its last entry to 32 entries or more (permutes read 32)."""
+    out = np.empty(max(table.size, 32), dtype=table.dtype)
+    out[: table.size] = table
+    out[table.size :] = table[-1]
+    return out
 
 
 def _shifts(bits: int, per: int) -> np.ndarray:
@@ -385,9 +388,7 @@ def _decode_simd(
     room = words.size - int(starts[-1]) - 8  # the last step of a period reads 8 words
     periods = max(0, min(numel // span, room // span_words + 1 if room >= 0 else 0))
     src = full.contiguous().view(torch.uint8).numpy().view(np.uint32)
-    table = np.empty(max(src.size, 32), dtype=np.uint32)
-    table[: src.size] = src
-    table[src.size :] = src[-1]
+    table = _padded(src)
     mode = simd.lookup_mode(src.size)
     mask = np.uint64((1 << bits) - 1)
     starts64 = starts.astype(np.int64)
