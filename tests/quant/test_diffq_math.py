@@ -182,18 +182,18 @@ def test_noise_gradients_partial_group() -> None:
 
 
 def test_fast_noise_samples_are_independent_and_standard() -> None:
-    from optiquant.quant.diffq import QuantileNoise
+    from optiquant.quant.noise import HashNoise
 
     torch.manual_seed(0)
     n = 1_000_000
     for kind, var in (("gaussian", 1.0), ("uniform", 1 / 12)):
-        x = QuantileNoise(kind).draw(n, torch.float64, torch.device("cpu"))
+        x = HashNoise.draw(kind).samples(n, torch.float64, torch.device("cpu"))
         # Sample moments within about 5 standard errors.
         assert abs(x.mean().item()) < 5 * math.sqrt(var / n)
         assert x.var().item() == pytest.approx(var, rel=0.01)
         for lag in (1, 2, 3, 4, 5):
             corr = torch.corrcoef(torch.stack([x[:-lag], x[lag:]]))[0, 1].item()
             assert abs(corr) < 5 / math.sqrt(n)
-    g = QuantileNoise("gaussian").draw(n, torch.float64, torch.device("cpu"))
+    g = HashNoise.draw("gaussian").samples(n, torch.float64, torch.device("cpu"))
     kurtosis = (g.pow(4).mean() / g.pow(2).mean().square()).item()
     assert kurtosis == pytest.approx(3.0, abs=0.03)

@@ -206,14 +206,18 @@ def test_size_gradient_after_training_forward(group_size: int) -> None:
 
 
 def test_fast_noise_follows_the_torch_seed() -> None:
-    from optiquant.quant.diffq import QuantileNoise
+    from optiquant.quant.noise import HashNoise
 
     draws = []
     for _ in range(2):
         torch.manual_seed(123)
-        noise = QuantileNoise("gaussian")
         draws.append(
-            torch.cat([noise.draw(1001, torch.float32, torch.device("cpu")) for _ in range(3)])
+            torch.cat(
+                [
+                    HashNoise.draw("gaussian").samples(1001, torch.float32, torch.device("cpu"))
+                    for _ in range(3)
+                ]
+            )
         )
     assert torch.equal(draws[0], draws[1])
     assert not torch.equal(draws[0][:1001], draws[0][1001:2002])

@@ -178,3 +178,75 @@ def test_fingerprint_kernel_equals_the_torch_sums(dtype: torch.dtype) -> None:
     v = raw.view({8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}[size]).long()
     index = torch.arange(v.numel())
     assert torch.equal(fast, torch.stack([v.sum(), (v * index).sum()]))
+
+
+needs_vector = pytest.mark.skipif(
+    not kernels.vectorized(torch.float32), reason="needs an AVX-512 CPU for the vector steps"
+)
+
+
+@needs_vector
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("n", [16, 1000, 65_536 + 24, 300_007 - 7])
+def test_stream_decode_equals_the_table_lookup(bits: int, n: int) -> None:
+    from optiquant.io.bitpack import pack_bits
+
+    gen = torch.Generator().manual_seed(bits * 1000 + n)
+    n -= n % (8 // bits)  # whole bytes, as the codecs call it
+    codes = torch.randint(0, 2**bits, (n,), generator=gen)
+    table = torch.randn(2**bits, generator=gen)
+    out = np.empty(n, dtype=np.float32)
+    kernels.decode_stream(pack_bits(codes, bits).numpy(), bits, table.numpy(), out)
+    assert np.array_equal(out, table[codes].numpy())
+
+
+@needs_vector
+@pytest.mark.parametrize("codec", ["uniform", "lsq"])
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_codecs_decode_the_same_with_the_stream_kernel(codec: str, bits: int) -> None:
+    from optiquant.quant.codecs import LSQCodec, UniformCodec, encode_lsq, encode_uniform
+
+    w = _randn(2**17 + 64, seed=bits).reshape(-1, 64)
+    if codec == "uniform":
+        packed = UniformCodec().pack(encode_uniform(w, bits))
+        decode = UniformCodec().decode
+    else:
+        packed = LSQCodec().pack(encode_lsq(w, torch.tensor(0.05), bits))
+        decode = LSQCodec().decode
+    fast, slow = _both(lambda: decode(packed))
+    assert torch.equal(fast, slow)
+    into = torch.empty_like(w)
+    decode(packed, out=into)
+    assert torch.equal(into, slow)
+
+
+def test_stream_decode_rejects_bad_arguments() -> None:
+    out = np.empty(64, dtype=np.float32)
+    table = np.zeros(16, dtype=np.float32)
+    if not kernels.vectorized(torch.float32):
+        with pytest.raises(ValueError, match="vector kernels"):
+            kernels.decode_stream(np.zeros(32, np.uint8), 4, table, out)
+        return
+    with pytest.raises(ValueError, match="bits in 1, 2, 4, 8"):
+        kernels.decode_stream(np.zeros(32, np.uint8), 3, table, out)
+    with pytest.raises(ValueError, match="uint8 bytes"):
+        kernels.decode_stream(np.zeros(8, np.uint8), 4, table, out)
+    with pytest.raises(ValueError, match="2\\*\\*bits entries"):
+        kernels.decode_stream(np.zeros(32, np.uint8), 4, table[:8], out)
+
+
+@needs_vector
+@pytest.mark.parametrize("n", [16, 17, 31, 1000, 65_536 + 5])
+def test_extremes_find_the_first_minimum_and_maximum(n: int) -> None:
+    gen = torch.Generator().manual_seed(n)
+    x = torch.randn(n, generator=gen)
+    assert kernels.extremes(x.numpy()) == (int(torch.argmin(x)), int(torch.argmax(x)))
+    # Repeated extremes, in several lanes and in the tail: the first one counts.
+    x = torch.randint(-3, 4, (n,), generator=gen).float()
+    assert kernels.extremes(x.numpy()) == (int(torch.argmin(x)), int(torch.argmax(x)))
+    x[n - 1] = float("nan")
+    assert kernels.extremes(x.numpy()) is None
+    x[n - 1] = 0.0
+    x[n // 2] = float("nan")
+    assert kernels.extremes(x.numpy()) is None
+    assert kernels.extremes(x.double().numpy()) is None  # float32 only

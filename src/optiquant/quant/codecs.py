@@ -34,6 +34,7 @@ from optiquant.io.bitpack import (
     unpack_groups,
 )
 from optiquant.io.errors import FormatError
+from optiquant.quant import kernels
 from optiquant.quant.encoded import Codec, EncodedTensor, register_codec
 
 # The codec classes and decoders are reached through ``get_codec(scheme)``.
@@ -181,11 +182,35 @@ def _table_decodable(packed: torch.Tensor, bits: int, numel: int) -> bool:
     return bits in (1, 2, 4, 8) and numel % (8 // bits) == 0 and packed.numel() * 8 == numel * bits
 
 
+def _stream_kernel_fits(packed: torch.Tensor, values: torch.Tensor, flat: torch.Tensor) -> bool:
+    """Whether :func:`optiquant.quant.kernels.decode_stream` can write ``flat``."""
+    return (
+        flat.dtype == torch.float32
+        and values.dtype == torch.float32
+        and flat.device.type == "cpu"
+        and packed.device.type == "cpu"
+        and packed.dtype == torch.uint8
+        and packed.is_contiguous()
+        and flat.is_contiguous()
+        and flat.numel() >= kernels.MIN_NUMEL
+        and kernels.vectorized(torch.float32)
+    )
+
+
 def _table_values(
     packed: torch.Tensor, bits: int, values: torch.Tensor, flat: torch.Tensor
 ) -> None:
     """Write into ``flat`` the values (``values[code]``) of the codes packed in ``packed``:
-    one gather of whole rows per packed byte (see :func:`_table_decodable`)."""
+    one gather of whole rows per packed byte (see :func:`_table_decodable`), or the
+    vector kernel's one lookup per code."""
+    if _stream_kernel_fits(packed, values, flat):
+        kernels.decode_stream(
+            packed.detach().reshape(-1).numpy(),
+            bits,
+            values.detach().contiguous().numpy(),
+            flat.detach().numpy(),
+        )
+        return
     per = 8 // bits
     dst = _as_rows(flat.view(-1, per))
     table = _as_rows_like(_byte_table(values, bits), dst)

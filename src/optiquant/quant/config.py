@@ -194,10 +194,11 @@ class DiffQConfig(QuantizerConfig):
     tensor); the continuous bits live in ``[min_bits, max_bits]`` (within 1..16) and
     start at ``init_bits``; ``param`` is ``"bits"`` or ``"noise"``; ``noise`` is
     ``"gaussian"`` or ``"uniform"``; ``extra_bits`` is added before rounding;
-    ``fast_noise=True`` draws each training noise sample from 16 random bits through
-    a table of 65536 quantiles of the distribution (i.i.d., exact variance, cheaper
-    on CPU, where the bits come from numpy's SFC64 seeded from torch's generator);
-    the default uses ``torch``'s ``normal_``/``uniform_`` like diffq.
+    ``fast_noise=True`` draws each training noise sample from 16 hashed bits through
+    a table of 65536 quantiles of the distribution (i.i.d., exact variance, keys
+    from torch's generator; on AVX-512 CPUs applied and recomputed by fused
+    kernels, see :mod:`optiquant.quant.noise`); the default uses ``torch``'s
+    ``normal_``/``uniform_`` like diffq.
 
     >>> DiffQConfig(group_size=8, init_bits=6).init_bits
     6.0

@@ -31,26 +31,33 @@ import math
 import weakref
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from optiquant.io.bitpack import MAX_BITS, grouped_nbytes, packed_nbytes
+from optiquant.quant import kernels
 from optiquant.quant.base import BaseQuantizer, QuantizedParam, _tensor_key, module_param
 from optiquant.quant.codecs import compute_dtype, encode_grouped
 from optiquant.quant.config import DiffQConfig
 from optiquant.quant.encoded import EncodedTensor
+from optiquant.quant.noise import HashNoise, add_noise, noise_backward
 
 __all__ = ["DiffQuantizer", "pseudo_quantization_noise"]
 
 
 def _extremes(flat: torch.Tensor, width: int = 256) -> tuple[torch.Tensor, ...]:
-    """``(min, max, argmin, argmax)`` of 1-D ``flat`` (first occurrences), in two passes.
+    """``(min, max, argmin, argmax)`` of 1-D ``flat`` (first occurrences), in two passes,
+    or one for float32 with the vector kernels (:func:`optiquant.quant.kernels.extremes`).
 
     The minima and maxima of rows of ``width`` entries locate the row holding each
     extreme; the index is then searched in that row only.
     """
     n = flat.numel()
+    if flat.device.type == "cpu" and flat.dtype == torch.float32 and n >= kernels.MIN_NUMEL:
+        found = kernels.extremes(flat.contiguous().numpy())
+        if found is not None:
+            imin_t, imax_t = torch.tensor(found[0]), torch.tensor(found[1])
+            return flat[imin_t], flat[imax_t], imin_t, imax_t
     rows = n // width
     if rows < 2:
         imin, imax = torch.argmin(flat), torch.argmax(flat)
@@ -81,6 +88,13 @@ def _noise_forward(
     lo, hi, imin, imax = _extremes(flat.detach())
     span = (hi - lo).to(scale.dtype)
     amp = (scale * (span * factor)).to(weight.dtype)
+    ctx.factor = factor
+    ctx.layout = (gs, full, n)
+    if isinstance(eps, HashNoise):
+        if eps.fused(weight):
+            ctx.noise = (eps, span, imin, imax)
+            return add_noise(flat, amp, gs, eps).view(weight.shape)
+        eps = eps.samples(n, weight.dtype, weight.device)
     eps = eps.reshape(-1)
     out = torch.empty_like(flat)
     torch.addcmul(
@@ -92,8 +106,6 @@ def _noise_forward(
     if full < n:
         torch.addcmul(flat[full:], eps[full:], amp[-1], out=out[full:])
     ctx.noise = (eps, span, imin, imax)
-    ctx.factor = factor
-    ctx.layout = (gs, full, n)
     return out.view(weight.shape)
 
 
@@ -107,7 +119,9 @@ def _noise_backward(
     eps, span, imin, imax = ctx.noise
     gs, full, n = ctx.layout
     g = grad.reshape(-1)
-    if gs == 1:
+    if isinstance(eps, HashNoise):
+        grad_w, proj = noise_backward(g, gs, scale.numel(), eps)
+    elif gs == 1:
         proj = g * eps
     else:
         # Per-group sums of g * eps as a matrix-vector product (faster than a reduction).
@@ -116,15 +130,16 @@ def _noise_backward(
         if full < n:
             proj = torch.cat([proj, torch.dot(g[full:], eps[full:]).reshape(1)])
     proj = proj.to(scale.dtype)
-    grad_w = None
-    if need_weight:
-        # Through the range: d out / d max = u_g * factor * eps = -d out / d min.
-        d_span = (torch.dot(proj, scale) * ctx.factor).to(grad.dtype).reshape(1)
+    if not need_weight:
+        return None, proj, span * ctx.factor
+    # Through the range: d out / d max = u_g * factor * eps = -d out / d min.
+    d_span = (torch.dot(proj, scale) * ctx.factor).to(grad.dtype).reshape(1)
+    if not isinstance(eps, HashNoise):
         grad_w = grad.clone()
-        flat = grad_w.view(-1)
-        flat.index_add_(0, imax.reshape(1), d_span)
-        flat.index_add_(0, imin.reshape(1), -d_span)
-    return grad_w, proj, span * ctx.factor
+    flat = grad_w.view(-1)
+    flat.index_add_(0, imax.reshape(1), d_span)
+    flat.index_add_(0, imin.reshape(1), -d_span)
+    return grad_w.view(grad.shape), proj, span * ctx.factor
 
 
 class _PseudoQuantNoise(torch.autograd.Function):
@@ -245,63 +260,6 @@ def _fresh_noise(kind: str, numel: int, dtype: torch.dtype, device: torch.device
     return eps.normal_() if kind == "gaussian" else eps.uniform_(-0.5, 0.5)
 
 
-_TABLE_BITS = 16
-_TABLES: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
-
-
-def _noise_table(kind: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``2**16`` equiprobable values of the standard noise (quantiles at ``(k + 1/2) / 2**16``)."""
-    key = (kind, dtype, device)
-    table = _TABLES.get(key)
-    if table is None:
-        levels = 2**_TABLE_BITS
-        probs = (torch.arange(levels, dtype=torch.float64) + 0.5) / levels
-        if kind == "gaussian":
-            values = torch.special.ndtri(probs)
-            values = values / values.square().mean().sqrt()  # exactly unit variance
-        else:
-            values = probs - 0.5
-        table = _TABLES[key] = values.to(dtype=dtype, device=device)
-    return table
-
-
-class QuantileNoise:
-    """Independent noise samples from 16 random bits each, through a quantile table.
-
-    Each sample is one of ``2**16`` equiprobable quantiles of ``N(0, 1)`` (rescaled
-    to unit variance) or of ``U(-1/2, 1/2)``: i.i.d. across weights and steps, with
-    the exact variance, at a fraction of the cost of ``normal_``/``uniform_``. On
-    CPU the bits come from numpy's SFC64 generator, seeded for every draw with 63
-    bits from torch's default generator (so ``torch.manual_seed`` fixes the
-    stream); elsewhere from ``random_`` on the tensor's device.
-    """
-
-    def __init__(self, kind: str) -> None:
-        if kind not in _FACTORS:
-            raise ValueError(f"noise must be one of {sorted(_FACTORS)}, got {kind!r}")
-        self.kind = kind
-        self._index: torch.Tensor | None = None  # scratch, reused between draws
-
-    def _bits(self, nwords: int, device: torch.device) -> torch.Tensor:
-        """``nwords`` random 64-bit words (int64) on ``device``."""
-        if device.type == "cpu":
-            seed = int(torch.empty((), dtype=torch.int64).random_())
-            raw = np.random.SFC64(seed).random_raw(nwords)
-            return torch.from_numpy(raw.view(np.int64))
-        words = torch.empty(nwords, dtype=torch.int64, device=device)
-        return words.random_(-(2**63), 2**63 - 1)
-
-    def draw(self, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """``numel`` noise samples (a new tensor)."""
-        words = self._bits(-(-numel // 4), device)
-        index = self._index
-        if index is None or index.numel() < numel or index.device != device:
-            index = self._index = torch.empty(numel, dtype=torch.int32, device=device)
-        index = index[:numel]
-        index.copy_(words.view(torch.uint16)[:numel])  # zero-extends: 0..65535
-        return _noise_table(self.kind, dtype, device).index_select(0, index)
-
-
 def pseudo_quantization_noise(
     weight: torch.Tensor,
     scale: torch.Tensor,
@@ -387,7 +345,6 @@ class DiffQuantizer(BaseQuantizer):
             fast_noise=fast_noise,
         )
         self.config: DiffQConfig = config
-        self._noise = QuantileNoise(config.noise)
         # Per first occurrence: (logit, its version, sigmoid) of the last training forward
         # (weakly held; reused by the size penalty while the logits are unchanged).
         self._sigmoids: dict[int, tuple[Any, int, Any]] = {}
@@ -490,8 +447,9 @@ class DiffQuantizer(BaseQuantizer):
         cfg = self.config
         if cfg.param != "bits":
             scale = self.get_noise_scale(logit)
+        eps: torch.Tensor | HashNoise
         if cfg.fast_noise:
-            eps = self._noise.draw(weight.numel(), weight.dtype, weight.device)
+            eps = HashNoise.draw(cfg.noise)
         else:
             eps = _fresh_noise(cfg.noise, weight.numel(), weight.dtype, weight.device)
         factor = _FACTORS[cfg.noise]

@@ -34,9 +34,11 @@ except ImportError:  # pragma: no cover - depends on the installation
 
 __all__ = [
     "available",
+    "decode_stream",
     "decode_words",
     "disabled",
     "encode",
+    "extremes",
     "fingerprint",
     "vectorized",
     "warm_up",
@@ -106,13 +108,19 @@ def _simd_block(per: int) -> int:
 
 
 def _run(kernel: Any, items: int, *args: Any) -> None:
-    """``kernel(*args, first, last)`` over ``range(items)``, split over torch's thread count.
+    """``kernel(*args, first, last)`` over ``range(items)``, split over torch's thread count."""
+    run_split(kernel, items, _MIN_ITEMS, *args)
+
+
+def run_split(kernel: Any, items: int, min_items: int, *args: Any) -> None:
+    """``kernel(*args, first, last)`` over ``range(items)``, split over torch's thread
+    count into parts of at least ``min_items`` items.
 
     The kernels release the GIL, so plain Python threads run them in parallel
     (and numba's own thread pool, which would share torch's OpenMP settings,
     stays unused).
     """
-    workers = max(1, min(torch.get_num_threads(), _MAX_WORKERS, items // _MIN_ITEMS))
+    workers = max(1, min(torch.get_num_threads(), _MAX_WORKERS, items // min_items))
     if workers == 1:
         kernel(*args, 0, items)
         return
@@ -127,8 +135,8 @@ def _run(kernel: Any, items: int, *args: Any) -> None:
             f.result()
 
 
-def _jit(**options: Any) -> Any:
-    """``numba.njit`` with an on-disk cache where a cache location is writable."""
+def jit(**options: Any) -> Any:
+    """``numba.njit`` with an on-disk cache where a cache location is writable (numba only)."""
     assert numba is not None
 
     def decorate(fn: Any) -> Any:
@@ -141,10 +149,10 @@ def _jit(**options: Any) -> Any:
 
 
 if numba is not None:
-    _block_jit = _jit()(_block)
+    _block_jit = jit()(_block)
     _FASTMATH = {"nnan", "nsz"}  # no contraction or reassociation: the same roundings
 
-    @_jit(nogil=True, fastmath=_FASTMATH)
+    @jit(nogil=True, fastmath=_FASTMATH)
     def _grid_unit(xv, a, b, top):  # type: ignore[no-untyped-def]
         """``x * a + b`` (two roundings) clamped to ``[0, top]``."""
         v = xv * a
@@ -152,7 +160,7 @@ if numba is not None:
         v = max(v, top * 0)
         return min(v, top)
 
-    @_jit(nogil=True, fastmath=_FASTMATH)
+    @jit(nogil=True, fastmath=_FASTMATH)
     def _encode_kernel(x, a, b, top, table, bits, pack, out, first, last):  # type: ignore[no-untyped-def]
         n = x.size
         per = 64 // bits if pack else 1
@@ -184,7 +192,7 @@ if numba is not None:
                     acc = (acc << shift) | np.uint64(code[w * per + j])
                 out[w0 + w] = np.int64(acc)
 
-    @_jit(nogil=True)
+    @jit(nogil=True)
     def _decode_kernel(words, table, lut, bits, unit, group, numel, rows, vals, first, last):  # type: ignore[no-untyped-def]
         per = 64 // bits
         span = group * per  # codes per group of words: a whole number of lookups
@@ -219,7 +227,7 @@ if numba is not None:
         if last == ngroups:  # the codes after the last whole group
             _decode_tail_kernel(words, lut, bits, ngroups * span, numel, vals)
 
-    @_jit(nogil=True)
+    @jit(nogil=True)
     def _fingerprint_kernel(v):  # type: ignore[no-untyped-def]
         total = np.uint64(0)
         weighted = np.uint64(0)
@@ -229,9 +237,9 @@ if numba is not None:
             weighted += x * np.uint64(i)
         return total, weighted
 
-    _simd_block_jit = _jit()(_simd_block)
+    _simd_block_jit = jit()(_simd_block)
 
-    @_jit(nogil=True, fastmath=_FASTMATH)
+    @jit(nogil=True, fastmath=_FASTMATH)
     def _encode_simd_kernel(  # type: ignore[no-untyped-def]
         x, a, b, top, table, table_bits, mode, bits, pack, shift, out, first, last
     ):
@@ -273,7 +281,7 @@ if numba is not None:
                     acc |= simd.pack16(code, base + c, min(16, per - c), shift, c)
                 out[w0 + w] = np.int64(acc)
 
-    @_jit(nogil=True)
+    @jit(nogil=True)
     def _decode_simd_kernel(  # type: ignore[no-untyped-def]
         words, table, mode, byte_codes, woff, shift, starts, span_words, mask, out, first, last
     ):
@@ -295,7 +303,7 @@ if numba is not None:
                 else:
                     simd.decode16_gather(words, w, woff, shift, s, mask, table, out, o)
 
-    @_jit(nogil=True)
+    @jit(nogil=True)
     def _decode_tail_kernel(words, table, bits, start, numel, out):  # type: ignore[no-untyped-def]
         """``out[i] = table[code i]`` for codes ``start`` to ``numel - 1``, one at a time."""
         per = 64 // bits
@@ -304,6 +312,107 @@ if numba is not None:
             w = i // per
             c = (np.uint64(words[w]) >> np.uint64(bits * (per - 1 - (i - w * per)))) & cmask
             out[i] = table[np.int64(c)]
+
+    @jit(nogil=True)
+    def _decode_stream_kernel(data, bits, table, out, first, last):  # type: ignore[no-untyped-def]
+        """``out[i] = table[code i]`` for a low-bits-first stream of 1/2/4/8-bit codes,
+        over blocks ``first`` to ``last - 1`` of 1024 values (the last may be short)."""
+        n = out.size
+        nvec = n - n % 16
+        for blk in range(first, last):
+            start = blk * 1024
+            stop = min(start + 1024, nvec)
+            for o in range(start, stop, 16):
+                b = o * bits // 8
+                if bits == 1:
+                    simd.decode16_stream_1(data, b, table, out, o)
+                elif bits == 2:
+                    simd.decode16_stream_2(data, b, table, out, o)
+                elif bits == 4:
+                    simd.decode16_stream_4(data, b, table, out, o)
+                else:
+                    simd.decode16_stream_8(data, b, table, out, o)
+            if start + 1024 >= n:  # the block holding the end does the tail
+                mask = (1 << bits) - 1
+                for i in range(nvec, n):
+                    bit = i * bits
+                    out[i] = table[(data[bit // 8] >> (bit % 8)) & mask]
+
+    @jit(nogil=True)
+    def _extremes_kernel(x):  # type: ignore[no-untyped-def]
+        n = x.size
+        steps = n // 16
+        lows = np.empty(33, dtype=np.float32)
+        highs = np.empty(32, dtype=np.float32)
+        ipos = lows[16:32].view(np.int32)
+        for lane in range(16):
+            lows[lane] = x[lane]
+            highs[lane] = x[lane]
+            ipos[lane] = lane
+        highs[16:32].view(np.int32)[:] = ipos
+        lows[32] = 0.0
+        simd.extremes_scan(x, steps, lows, highs)
+        lo_pos, hi_pos = lows[16:32].view(np.int32), highs[16:32].view(np.int32)
+        imin, imax = lo_pos[0], hi_pos[0]
+        for lane in range(1, 16):  # smallest position among equal extremes
+            a, b = x[lo_pos[lane]], x[imin]
+            if a < b or (a == b and lo_pos[lane] < imin):
+                imin = lo_pos[lane]
+            a, b = x[hi_pos[lane]], x[imax]
+            if a > b or (a == b and hi_pos[lane] < imax):
+                imax = hi_pos[lane]
+        for i in range(16 * steps, n):
+            if x[i] < x[imin]:
+                imin = i
+            if x[i] > x[imax]:
+                imax = i
+            if x[i] != x[i]:
+                lows[32] = 1.0
+        return imin, imax, lows[32] != 0.0
+
+
+def extremes(values: np.ndarray) -> tuple[int, int] | None:
+    """Positions of the first minimum and first maximum of 1-D float32 ``values`` (at
+    least 16 entries), in one vector pass; None if ``values`` holds a NaN (torch's
+    reductions then decide) or the vector kernels are off.
+
+    >>> x = np.arange(20, dtype=np.float32) % 7
+    >>> extremes(x) in (None, (0, 6))
+    True
+    """
+    if not vectorized(torch.float32) or values.dtype != np.float32 or values.size < 16:
+        return None
+    if values.size >= 2**31:
+        return None
+    imin, imax, nan = _extremes_kernel(values)
+    return None if nan else (int(imin), int(imax))
+
+
+def decode_stream(data: np.ndarray, bits: int, table: np.ndarray, out: np.ndarray) -> None:
+    """``out[i] = table[code i]`` for the ``out.size`` codes of a low-bits-first byte
+    stream (:func:`optiquant.io.pack_bits`'s layout) of 1, 2, 4 or 8 bits, float32,
+    with the vector steps (:func:`vectorized` must hold).
+
+    >>> out = np.empty(16, dtype=np.float32)
+    >>> table = np.array([0.0, 10.0, 20.0, 30.0], dtype=np.float32)
+    >>> data = np.full(4, 0b11100100, dtype=np.uint8)  # codes 0, 1, 2, 3 per byte
+    >>> if vectorized():
+    ...     decode_stream(data, 2, table, out)
+    ... else:
+    ...     out[:] = np.tile(table, 4)
+    >>> out[:4].tolist()
+    [0.0, 10.0, 20.0, 30.0]
+    """
+    if not vectorized(torch.float32) or bits not in (1, 2, 4, 8):
+        raise ValueError(
+            f"decode_stream needs the vector kernels and bits in 1, 2, 4, 8, got {bits}"
+        )
+    if data.dtype != np.uint8 or data.size * 8 < out.size * bits:
+        raise ValueError(f"data must hold {out.size} codes of {bits} bits as uint8 bytes")
+    if out.dtype != np.float32 or table.dtype != np.float32 or table.size != 1 << bits:
+        raise ValueError("out and table must be float32, the table with 2**bits entries")
+    padded = _padded(table) if bits < 8 else table
+    _run(_decode_stream_kernel, -(-out.size // 1024), data, bits, padded, out)
 
 
 def encode(

@@ -12,6 +12,11 @@ that work in explicit LLVM vector code, for numba-compiled callers:
   their 32-bit values; for 8-bit codes, ``decode16_bytes`` reads them as bytes
   and ``pack16_bytes`` writes them so.
 
+For other modules: ``noise_forward16``/``noise_backward16_*`` apply and reduce
+DiffQ's table noise (:mod:`optiquant.quant.noise`), ``decode16_stream_*`` decode
+the low-bits-first byte streams of :func:`optiquant.io.pack_bits`, and
+``extremes_scan`` finds per-lane minima and maxima with their positions.
+
 Lookups use a register permute for tables of at most 16 or 32 entries and a
 hardware gather otherwise (one variant per ``mode``: :data:`PERM16`,
 :data:`PERM32`, :data:`GATHER`). They need AVX-512F on the machine numba
@@ -266,7 +271,208 @@ if numba is not None:
 
         return sig, codegen
 
+    _HASH_MULTIPLIERS = (0x7FEB352D, 0x846CA68B)
+
+    def _mix32(builder: Any, x: Any) -> Any:
+        """The 32-bit integer finaliser of :func:`optiquant.quant.noise.hash_index`, per lane."""
+        vty = x.type
+
+        def const(v: int) -> Any:
+            return ir.Constant(vty, [v] * vty.count)
+
+        for shift, mult in ((16, _HASH_MULTIPLIERS[0]), (15, _HASH_MULTIPLIERS[1])):
+            x = builder.xor(x, builder.lshr(x, const(shift)))
+            x = builder.mul(x, const(mult))
+        return builder.xor(x, builder.lshr(x, const(16)))
+
+    _PAIRS = ir.Constant(_V16I32, [lane // 2 + 8 * (lane % 2) for lane in range(16)])
+
+    def _noise16(context: Any, builder: Any, i: Any, k1: Any, k2: Any, tabty: Any, tab: Any) -> Any:
+        """``table[index(i + l)]`` for lanes ``l < 16`` (``i`` even): <16 x float>.
+
+        One hash per pair of samples: its top half indexes the even one, its
+        bottom half the odd one.
+        """
+        lanes8 = ir.Constant(_V8I32, list(range(8)))
+        pair = builder.lshr(builder.trunc(i, _I32), _I32(1))
+        counter = builder.add(_splat(builder, pair, _V8I32), lanes8)
+        x = _mix32(builder, builder.xor(counter, _splat(builder, builder.trunc(k1, _I32), _V8I32)))
+        x = _mix32(builder, builder.add(x, _splat(builder, builder.trunc(k2, _I32), _V8I32)))
+        high = builder.lshr(x, ir.Constant(_V8I32, [16] * 8))
+        low = builder.and_(x, ir.Constant(_V8I32, [0xFFFF] * 8))
+        idx = builder.shuffle_vector(high, low, _PAIRS)
+        return builder.bitcast(_lookup(context, builder, GATHER, tabty, tab, idx), _V16F32)
+
+    def _group_scales(
+        context: Any, builder: Any, aty: Any, amp: Any, groups: Any, g0: Any, offs: Any, row: Any
+    ) -> Any:
+        """``amp[g0 + offs[16 row + l]]`` per lane (offsets below 16), read without a
+        gather: a masked load of ``amp[g0:g0+16]`` (lanes past ``groups`` stay unread)
+        and one permute."""
+        left = builder.trunc(builder.sub(groups, g0), _I32)
+        mask = builder.icmp_signed("<", _LANES, _splat(builder, left, _V16I32))
+        masked_load = _declare(
+            builder,
+            "llvm.masked.load.v16f32.p0",
+            _V16F32,
+            [_V16F32.as_pointer(), _I32, ir.VectorType(_I1, 16), _V16F32],
+        )
+        src = _ptr(context, builder, aty[0], amp, g0, _V16F32)
+        near = builder.call(masked_load, [src, _I32(4), mask, ir.Constant(_V16F32, None)])
+        start = builder.mul(row, ir.Constant(row.type, 16))
+        off = builder.load(_ptr(context, builder, aty[1], offs, start, _V16I32), align=4)
+        perm = _declare(builder, "llvm.x86.avx512.permvar.sf.512", _V16F32, [_V16F32, _V16I32])
+        return builder.call(perm, [near, off])
+
+    @intrinsic
+    def _noise_forward16(typingctx, w, i, amp, groups, offs, row, g0, k1, k2, table, out):  # type: ignore[no-untyped-def]
+        """``out[i+l] = w[i+l] + amp[g0 + offs[16 row + l]] * noise(i+l)``, ``l < 16``
+        (a fused multiply-add)."""
+        sig = types.void(
+            w, types.intp, amp, types.intp, offs, types.intp, types.intp, types.int64,
+            types.int64, table, out,
+        )  # fmt: skip
+
+        def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+            wv, iv, ampv, grp, offv, rowv, g0v, k1v, k2v, tab, outv = args
+            aty = signature.args
+            eps = _noise16(context, builder, iv, k1v, k2v, aty[9], tab)
+            scale = _group_scales(context, builder, (aty[2], aty[4]), ampv, grp, g0v, offv, rowv)
+            vals = builder.load(_ptr(context, builder, aty[0], wv, iv, _V16F32), align=4)
+            fma = _declare(builder, "llvm.fma.v16f32", _V16F32, [_V16F32] * 3)
+            res = builder.call(fma, [eps, scale, vals])  # one rounding, as torch's addcmul
+            builder.store(res, _ptr(context, builder, aty[10], outv, iv, _V16F32), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    def _make_noise_backward16(group: int) -> Any:
+        """The backward step for groups of ``group`` (1, 2, 4, 8: aligned groups, their
+        sums stored at ``sums[g0:]``; 16: every lane in one group, its sum returned)."""
+
+        @intrinsic
+        def noise_backward16(typingctx, grad, i, k1, k2, table, gout, sums, g0):  # type: ignore[no-untyped-def]
+            """``gout[i:i+16] = grad[i:i+16]`` and the group sums of ``grad * noise``."""
+            ret = types.float32 if group == 16 else types.void
+            sig = ret(grad, types.intp, types.int64, types.int64, table, gout, sums, types.intp)
+
+            def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+                gv, iv, k1v, k2v, tab, goutv, sumv, g0v = args
+                aty = signature.args
+                eps = _noise16(context, builder, iv, k1v, k2v, aty[4], tab)
+                vals = builder.load(_ptr(context, builder, aty[0], gv, iv, _V16F32), align=4)
+                builder.store(vals, _ptr(context, builder, aty[5], goutv, iv, _V16F32), align=4)
+                prod = builder.fmul(vals, eps)
+                step = 1
+                while step < group:  # butterfly: every lane ends with its group's sum
+                    swap = ir.Constant(_V16I32, [lane ^ step for lane in range(16)])
+                    prod = builder.fadd(prod, builder.shuffle_vector(prod, prod, swap))
+                    step *= 2
+                if group == 16:
+                    return builder.extract_element(prod, _I32(0))
+                count = 16 // group
+                vty = ir.VectorType(_F32, count)
+                firsts = ir.Constant(ir.VectorType(_I32, count), list(range(0, 16, group)))
+                picked = builder.shuffle_vector(prod, prod, firsts)
+                builder.store(picked, _ptr(context, builder, aty[6], sumv, g0v, vty), align=4)
+                return context.get_dummy_value()
+
+            return sig, codegen
+
+        return noise_backward16
+
+    @intrinsic
+    def _extremes_scan(typingctx, x, steps, lows, highs):  # type: ignore[no-untyped-def]
+        """Per-lane minima and maxima of ``x[:16 * steps]`` (16 lanes, first occurrences).
+
+        ``lows`` and ``highs`` (float32 values then int32 positions, 32 entries each,
+        as float32 arrays holding the positions' bits) start from the first step and
+        end with each lane's extreme and its position; ``lows[32]`` ends nonzero if
+        a NaN was seen.
+        """
+        sig = types.void(x, types.intp, lows, highs)
+
+        def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+            xv, steps_v, lows_v, highs_v = args
+            aty = signature.args
+            slots = []
+            for arr, ty in ((lows_v, aty[2]), (highs_v, aty[3])):
+                val_ptr = _ptr(context, builder, ty, arr, _I64(0), _V16F32)
+                pos_ptr = _ptr(context, builder, ty, arr, _I64(16), _V16I32)
+                val = cgutils.alloca_once_value(builder, builder.load(val_ptr, align=4))
+                pos = cgutils.alloca_once_value(builder, builder.load(pos_ptr, align=4))
+                slots.append((val_ptr, pos_ptr, val, pos))
+            seen = cgutils.alloca_once_value(builder, ir.Constant(_V16I32, [0] * 16))
+            with cgutils.for_range(builder, steps_v) as loop:
+                start = builder.mul(loop.index, ir.Constant(loop.index.type, 16))
+                v = builder.load(_ptr(context, builder, aty[0], xv, start, _V16F32), align=4)
+                here = builder.add(_splat(builder, builder.trunc(start, _I32), _V16I32), _LANES)
+                for (_, _, val, pos), op in zip(slots, ("<", ">")):
+                    cur = builder.load(val)
+                    better = builder.fcmp_ordered(op, v, cur)
+                    builder.store(builder.select(better, v, cur), val)
+                    builder.store(builder.select(better, here, builder.load(pos)), pos)
+                nan = builder.zext(builder.fcmp_unordered("uno", v, v), _V16I32)
+                builder.store(builder.or_(builder.load(seen), nan), seen)
+            for val_ptr, pos_ptr, val, pos in slots:
+                builder.store(builder.load(val), val_ptr, align=4)
+                builder.store(builder.load(pos), pos_ptr, align=4)
+            reduce_or = _declare(builder, "llvm.vector.reduce.or.v16i32", _I32, [_V16I32])
+            flag = builder.uitofp(builder.call(reduce_or, [builder.load(seen)]), _F32)
+            builder.store(flag, _ptr(context, builder, aty[2], lows_v, _I64(32), _F32))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    @intrinsic
+    def _fma32(typingctx, a, b, c):  # type: ignore[no-untyped-def]
+        """``a * b + c`` in float32 with one rounding."""
+        sig = types.float32(types.float32, types.float32, types.float32)
+
+        def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+            fma = _declare(builder, "llvm.fma.f32", _F32, [_F32] * 3)
+            return builder.call(fma, list(args))
+
+        return sig, codegen
+
+    def _make_decode16_stream(bits: int, mode: int) -> Any:
+        @intrinsic
+        def decode16_stream(typingctx, data, b, table, out, o):  # type: ignore[no-untyped-def]
+            """``out[o:o+16] = table[c]`` for the sixteen ``bits``-bit codes in bytes
+            ``data[b:b+2*bits]`` of a low-bits-first stream (``bits`` in 1, 2, 4, 8)."""
+            sig = types.void(data, types.intp, table, out, types.intp)
+
+            def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+                dv, bv, tab, outv, ov = args
+                aty = signature.args
+                nbytes = 2 * bits
+                raw = builder.load(
+                    _ptr(context, builder, aty[0], dv, bv, ir.VectorType(_I8, nbytes)), align=1
+                )
+                wide = builder.zext(raw, ir.VectorType(_I32, nbytes))
+                which = ir.Constant(_V16I32, [lane * bits // 8 for lane in range(16)])
+                lanes = builder.shuffle_vector(wide, wide, which)
+                shifts = ir.Constant(_V16I32, [lane * bits % 8 for lane in range(16)])
+                codes = builder.and_(
+                    builder.lshr(lanes, shifts), ir.Constant(_V16I32, [(1 << bits) - 1] * 16)
+                )
+                vals = _lookup(context, builder, mode, aty[2], tab, codes)
+                builder.store(vals, _ptr(context, builder, aty[3], outv, ov, _V16I32), align=4)
+                return context.get_dummy_value()
+
+            return sig, codegen
+
+        return decode16_stream
+
     # called from numba-compiled code only (typed as Any: numba supplies ``typingctx``)
+    noise_forward16: Any = _noise_forward16
+    extremes_scan: Any = _extremes_scan
+    fma32: Any = _fma32
+    noise_backward16_1: Any = _make_noise_backward16(1)
+    noise_backward16_2: Any = _make_noise_backward16(2)
+    noise_backward16_4: Any = _make_noise_backward16(4)
+    noise_backward16_8: Any = _make_noise_backward16(8)
+    noise_backward16_16: Any = _make_noise_backward16(16)
     pack16: Any = _pack16
     pack16_bytes: Any = _pack16_bytes
     encode16_perm16: Any = _make_encode16(PERM16)
@@ -276,3 +482,7 @@ if numba is not None:
     decode16_perm32: Any = _make_decode16(PERM32)
     decode16_gather: Any = _make_decode16(GATHER)
     decode16_bytes_gather: Any = _make_decode16_bytes(GATHER)
+    decode16_stream_1: Any = _make_decode16_stream(1, PERM16)
+    decode16_stream_2: Any = _make_decode16_stream(2, PERM16)
+    decode16_stream_4: Any = _make_decode16_stream(4, PERM16)
+    decode16_stream_8: Any = _make_decode16_stream(8, GATHER)
