@@ -257,6 +257,15 @@ if kernels.numba is not None:
         return r if gs < 16 else min(gs - r, 16)
 
     @_jit(nogil=True)
+    def _next_step(g, r, q, rem, gs):  # type: ignore[no-untyped-def]
+        """Group and position in it of the next step's first lane (16 entries on)."""
+        g += q
+        r += rem
+        if r >= gs:
+            return g + 1, r - gs
+        return g, r
+
+    @_jit(nogil=True)
     def _forward_kernel(span, w, amp, offs, gs, k1, k2, table, out, first, last):  # type: ignore[no-untyped-def]
         n = w.size
         nvec = n - n % 16
@@ -269,11 +278,7 @@ if kernels.numba is not None:
             while i < end:
                 simd.noise_forward16(w, i, amp, groups, offs, _row(gs, r), g, k1, k2, table, out)
                 i += 16
-                g += q
-                r += rem
-                if r >= gs:
-                    r -= gs
-                    g += 1
+                g, r = _next_step(g, r, q, rem, gs)
         if last * span >= nvec:  # the part holding the end does the tail
             for i in range(nvec, n):
                 out[i] = simd.fma32(_sample(i, k1, k2, table), amp[i // gs], w[i])
@@ -307,11 +312,7 @@ if kernels.numba is not None:
                     for lane in range(16):
                         wide[g + offs[row + lane]] += part[lane]
                 i += 16
-                g += q
-                r += rem
-                if r >= gs:
-                    r -= gs
-                    g += 1
+                g, r = _next_step(g, r, q, rem, gs)
         if last * span >= nvec:
             for i in range(nvec, n):
                 gout[i] = grad[i]
