@@ -160,6 +160,19 @@ if numba is not None:
         v = max(v, top * 0)
         return min(v, top)
 
+    @jit(nogil=True)
+    def _close_block(code, m, per, pack, out, i0):  # type: ignore[no-untyped-def]
+        """Unpacked: write the block's ``m`` codes to ``out[i0:]`` and return -1.
+        Packed: zero the codes after them up to a whole word; return the word count."""
+        if not pack:
+            for i in range(m):
+                out[i0 + i] = code[i]
+            return -1
+        nw = (m + per - 1) // per
+        for i in range(m, nw * per):
+            code[i] = 0
+        return nw
+
     @jit(nogil=True, fastmath=_FASTMATH)
     def _encode_kernel(x, a, b, top, table, bits, pack, out, first, last):  # type: ignore[no-untyped-def]
         n = x.size
@@ -178,13 +191,9 @@ if numba is not None:
                 cell[i] = np.int32(v)
             for i in range(m):  # one lookup and a truncated sum give the code
                 code[i] = np.uint32(table[cell[i]] + u[i])
-            if not pack:
-                for i in range(m):
-                    out[i0 + i] = code[i]
+            nw = _close_block(code, m, per, pack, out, i0)
+            if nw < 0:
                 continue
-            nw = (m + per - 1) // per
-            for i in range(m, nw * per):
-                code[i] = 0
             w0 = i0 // per
             for w in range(nw):  # first code in the highest bits
                 acc = np.uint64(0)
@@ -261,13 +270,9 @@ if numba is not None:
             for i in range(mv, m):  # the scalar loop's arithmetic
                 v = _grid_unit(x[i0 + i], a, b, top)
                 code[i] = np.int32(table[np.int32(v)] + v)
-            if not pack:
-                for i in range(m):
-                    out[i0 + i] = code[i]
+            nw = _close_block(code, m, per, pack, out, i0)
+            if nw < 0:
                 continue
-            nw = (m + per - 1) // per
-            for i in range(m, nw * per):
-                code[i] = 0
             w0 = i0 // per
             first_word = 0
             if bits == 8:  # two words of byte codes per step

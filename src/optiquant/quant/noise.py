@@ -15,6 +15,8 @@ every path.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -158,6 +160,7 @@ def _require_fused(tensor: torch.Tensor) -> None:
         )
 
 
+@functools.lru_cache(maxsize=64)
 def _group_offsets(gs: int) -> np.ndarray:
     """Rows of 16 lane offsets to the group of a step's first lane.
 
@@ -170,7 +173,9 @@ def _group_offsets(gs: int) -> np.ndarray:
         rows = [(r + lanes) // gs for r in range(gs)]
     else:
         rows = [(lanes >= c).astype(np.int64) for c in range(17)]
-    return np.ascontiguousarray(np.stack(rows).astype(np.int32).reshape(-1))
+    table = np.ascontiguousarray(np.stack(rows).astype(np.int32).reshape(-1))
+    table.flags.writeable = False  # shared between calls
+    return table
 
 
 def _parts(n: int, gs: int) -> tuple[int, int]:
