@@ -186,6 +186,18 @@ needs_vector = pytest.mark.skipif(
 
 
 @needs_vector
+@pytest.mark.parametrize("n", [0, 15, 16, 17, 70_000, 70_015])
+def test_vector_fingerprint_of_int64_words_equals_the_scalar_sums(n: int) -> None:
+    gen = torch.Generator().manual_seed(n)
+    v = torch.randint(-(2**63), 2**63 - 1, (n,), dtype=torch.int64, generator=gen)
+    v[: n // 3] = torch.iinfo(torch.int64).max  # sums that wrap many times
+    fast = kernels._fingerprint_simd_kernel(v.numpy())
+    assert fast == kernels._fingerprint_kernel(v.numpy())
+    signed = [int(np.uint64(x).view(np.int64)) for x in fast]
+    assert signed == [int(v.sum()), int((v * torch.arange(n)).sum())]
+
+
+@needs_vector
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
 @pytest.mark.parametrize("n", [16, 1000, 65_536 + 24, 300_007 - 7])
 def test_stream_decode_equals_the_table_lookup(bits: int, n: int) -> None:
@@ -218,6 +230,24 @@ def test_codecs_decode_the_same_with_the_stream_kernel(codec: str, bits: int) ->
     into = torch.empty_like(w)
     decode(packed, out=into)
     assert torch.equal(into, slow)
+
+
+@needs_vector
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("offset", [0, 1])
+def test_stream_decode_with_streaming_stores_equals_the_table_lookup(
+    bits: int, offset: int
+) -> None:
+    from optiquant.io.bitpack import pack_bits
+
+    n = kernels.STREAM_BYTES // 4 + 1000
+    gen = torch.Generator().manual_seed(bits)
+    codes = torch.randint(0, 2**bits, (n,), generator=gen)
+    table = torch.randn(2**bits, generator=gen)
+    out = torch.empty(n + offset)[offset:].numpy()  # torch's buffers start 64-byte aligned
+    assert kernels.streams(out) == (offset == 0)
+    kernels.decode_stream(pack_bits(codes, bits).numpy(), bits, table.numpy(), out)
+    assert np.array_equal(out, table[codes].numpy())
 
 
 def test_stream_decode_rejects_bad_arguments() -> None:

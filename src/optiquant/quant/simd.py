@@ -15,7 +15,8 @@ that work in explicit LLVM vector code, for numba-compiled callers:
 For other modules: ``noise_forward16``/``noise_backward16_*`` apply and reduce
 DiffQ's table noise (:mod:`optiquant.quant.noise`), ``decode16_stream_*`` decode
 the low-bits-first byte streams of :func:`optiquant.io.pack_bits`, and
-``extremes_scan`` finds per-lane minima and maxima with their positions.
+``extremes_scan`` finds per-lane minima and maxima with their positions, and
+``fingerprint_scan`` keeps the per-lane running sums of a content fingerprint.
 
 Lookups use a register permute for tables of at most 16 or 32 entries and a
 hardware gather otherwise (one variant per ``mode``: :data:`PERM16`,
@@ -425,6 +426,36 @@ if numba is not None:
         return sig, codegen
 
     @intrinsic
+    def _fingerprint_scan(typingctx, v, steps, sums):  # type: ignore[no-untyped-def]
+        """Running sums over the int64 ``v[:16 * steps]`` seen as rows of 16 lanes.
+
+        ``sums`` (uint64, 32 entries) holds per lane ``l`` the sum ``sums[l]`` of
+        the lane's values so far and ``sums[16 + l]`` the sum of those running
+        sums; both wrap modulo ``2**64``. Position-weighted sums follow from them
+        without a multiplication per value.
+        """
+        sig = types.void(v, types.intp, sums)
+
+        def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+            vv, steps_v, sums_v = args
+            aty = signature.args
+            ptrs = [_ptr(context, builder, aty[2], sums_v, _I64(8 * k), _V8I64) for k in range(4)]
+            slots = [cgutils.alloca_once_value(builder, builder.load(p, align=8)) for p in ptrs]
+            with cgutils.for_range(builder, steps_v) as loop:
+                start = builder.mul(loop.index, ir.Constant(loop.index.type, 16))
+                for half in range(2):
+                    at = builder.add(start, ir.Constant(start.type, 8 * half))
+                    x = builder.load(_ptr(context, builder, aty[0], vv, at, _V8I64), align=8)
+                    acc = builder.add(builder.load(slots[half]), x)
+                    builder.store(acc, slots[half])
+                    builder.store(builder.add(builder.load(slots[2 + half]), acc), slots[2 + half])
+            for p, slot in zip(ptrs, slots):
+                builder.store(builder.load(slot), p, align=8)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    @intrinsic
     def _fma32(typingctx, a, b, c):  # type: ignore[no-untyped-def]
         """``a * b + c`` in float32 with one rounding."""
         sig = types.float32(types.float32, types.float32, types.float32)
@@ -435,11 +466,21 @@ if numba is not None:
 
         return sig, codegen
 
-    def _make_decode16_stream(bits: int, mode: int) -> Any:
+    def _store16(builder: Any, vals: Any, ptr: Any, stream: bool) -> None:
+        """Store a 16-lane vector; ``stream``: a 64-byte aligned store that bypasses the
+        caches (a streaming store: no read of the line it overwrites)."""
+        if not stream:
+            builder.store(vals, ptr, align=4)
+            return
+        store = builder.store(vals, ptr, align=64)
+        store.set_metadata("nontemporal", builder.module.add_metadata([_I32(1)]))
+
+    def _make_decode16_stream(bits: int, mode: int, stream: bool = False) -> Any:
         @intrinsic
         def decode16_stream(typingctx, data, b, table, out, o):  # type: ignore[no-untyped-def]
             """``out[o:o+16] = table[c]`` for the sixteen ``bits``-bit codes in bytes
-            ``data[b:b+2*bits]`` of a low-bits-first stream (``bits`` in 1, 2, 4, 8)."""
+            ``data[b:b+2*bits]`` of a low-bits-first stream (``bits`` in 1, 2, 4, 8).
+            With ``stream``, ``out[o]`` must be 64-byte aligned (a streaming store)."""
             sig = types.void(data, types.intp, table, out, types.intp)
 
             def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
@@ -457,16 +498,28 @@ if numba is not None:
                     builder.lshr(lanes, shifts), ir.Constant(_V16I32, [(1 << bits) - 1] * 16)
                 )
                 vals = _lookup(context, builder, mode, aty[2], tab, codes)
-                builder.store(vals, _ptr(context, builder, aty[3], outv, ov, _V16I32), align=4)
+                _store16(builder, vals, _ptr(context, builder, aty[3], outv, ov, _V16I32), stream)
                 return context.get_dummy_value()
 
             return sig, codegen
 
         return decode16_stream
 
+    @intrinsic
+    def _store_fence(typingctx):  # type: ignore[no-untyped-def]
+        """Order the streaming stores issued so far before any later store."""
+        sig = types.void()
+
+        def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+            builder.call(_declare(builder, "llvm.x86.sse.sfence", ir.VoidType(), []), [])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
     # called from numba-compiled code only (typed as Any: numba supplies ``typingctx``)
     noise_forward16: Any = _noise_forward16
     extremes_scan: Any = _extremes_scan
+    fingerprint_scan: Any = _fingerprint_scan
     fma32: Any = _fma32
     noise_backward16_1: Any = _make_noise_backward16(1)
     noise_backward16_2: Any = _make_noise_backward16(2)
@@ -486,3 +539,8 @@ if numba is not None:
     decode16_stream_2: Any = _make_decode16_stream(2, PERM16)
     decode16_stream_4: Any = _make_decode16_stream(4, PERM16)
     decode16_stream_8: Any = _make_decode16_stream(8, GATHER)
+    stream16_1: Any = _make_decode16_stream(1, PERM16, stream=True)
+    stream16_2: Any = _make_decode16_stream(2, PERM16, stream=True)
+    stream16_4: Any = _make_decode16_stream(4, PERM16, stream=True)
+    stream16_8: Any = _make_decode16_stream(8, GATHER, stream=True)
+    store_fence: Any = _store_fence
