@@ -280,3 +280,131 @@ def test_extremes_find_the_first_minimum_and_maximum(n: int) -> None:
     x[n // 2] = float("nan")
     assert kernels.extremes(x.numpy()) is None
     assert kernels.extremes(x.double().numpy()) is None  # float32 only
+
+
+# ------------------------------------------------------------- quantizer codecs
+@pytest.mark.parametrize("n", [70_000, 70_001, 2**20 + 3])
+@pytest.mark.parametrize("bits", [1, 4, 8, 12, 16])
+def test_uniform_and_lsq_codes_equal_the_torch_steps(n: int, bits: int) -> None:
+    from optiquant.quant.codecs import encode_lsq, encode_uniform
+
+    w = _randn(n, seed=bits) * 3
+    w[:6] = torch.tensor([0.125, -0.125, 0.375, 2.625, -1e-8, 1e-8])  # x / 0.25 ties at .5
+    a, b = _both(lambda: encode_uniform(w, bits))
+    assert torch.equal(a.tensors["range"], b.tensors["range"])
+    assert torch.equal(a.tensors["codes"], b.tensors["codes"])
+    a, b = _both(lambda: encode_lsq(w, torch.tensor(0.25), bits))
+    assert torch.equal(a.tensors["codes"], b.tensors["codes"])
+
+
+@pytest.mark.parametrize("group_size", [1, 7, 8, 16])
+def test_grouped_codes_equal_the_torch_steps(group_size: int) -> None:
+    from optiquant.quant.codecs import encode_grouped
+
+    w = _randn(300_001, seed=group_size)
+    gen = torch.Generator().manual_seed(group_size)
+    widths = torch.randint(1, 17, (-(-w.numel() // group_size),), generator=gen)
+    a, b = _both(lambda: encode_grouped(w, widths, group_size))
+    assert torch.equal(a.tensors["codes"], b.tensors["codes"])
+
+
+def test_kernel_range_raises_on_inf_and_nan() -> None:
+    from optiquant.quant.codecs import encode_uniform
+
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        w = _randn(kernels.MIN_NUMEL * 2, seed=1)
+        w[12345] = bad
+        with pytest.raises(ValueError, match="NaN or inf"):
+            encode_uniform(w, 4)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("n", [16, 70_001, 2**20 + 5])
+def test_pack_stream_equals_pack_bits(bits: int, n: int) -> None:
+    from optiquant.io.bitpack import pack_bits
+    from optiquant.quant.codecs import pack_codes
+
+    codes = torch.randint(0, 2**bits, (n,), generator=torch.Generator().manual_seed(n))
+    codes = codes.to(torch.uint8)
+    out = np.empty(-(-n * bits // 8), dtype=np.uint8)
+    kernels.pack_stream(codes.numpy(), bits, out)
+    assert np.array_equal(out, pack_bits(codes, bits).numpy())
+    fast, slow = _both(lambda: pack_codes(codes, bits))
+    assert torch.equal(fast, slow)
+
+
+def test_code_kernels_reject_bad_arguments() -> None:
+    x = np.zeros(64, dtype=np.float32)
+    with pytest.raises(ValueError, match="bits in 1, 2, 4, 8"):
+        kernels.pack_stream(np.zeros(8, np.uint8), 3, np.zeros(3, np.uint8))
+    with pytest.raises(ValueError, match="4 uint8 bytes"):
+        kernels.pack_stream(np.zeros(8, np.uint8), 4, np.zeros(3, np.uint8))
+    with pytest.raises(ValueError, match="inv must be float32"):
+        kernels.affine_codes(x, 0.0, np.ones(3, np.float32), 8, np.zeros(64, np.uint8))
+    with pytest.raises(ValueError, match="1-D float32"):
+        kernels.lsq_codes(x.astype(np.float64), 1.0, -2, 1, np.zeros(64, np.uint8))
+    with pytest.raises(ValueError, match="out must be"):
+        kernels.lsq_codes(x, 1.0, -2, 1, np.zeros(63, np.uint8))
+
+
+def _grouped_case(n: int, group_size: int, seed: int, low: int = 1, high: int = 16):  # type: ignore[no-untyped-def]
+    from optiquant.io import pack_groups
+
+    groups = -(-n // group_size)
+    gen = torch.Generator().manual_seed(seed)
+    widths = torch.randint(low, high + 1, (groups,), generator=gen).to(torch.uint8)
+    limit = (1 << widths.long()).repeat_interleave(group_size)
+    codes = torch.randint(0, 2**16, (groups * group_size,), generator=gen) % limit
+    return codes, widths, pack_groups(codes, widths, group_size)
+
+
+@needs_vector
+@pytest.mark.parametrize(
+    ("n", "group_size"), [(2**20, 8), (70_001, 8), (100_000, 16), (5_000, 24), (8, 8)]
+)
+def test_grouped_decode_equals_the_affine_values(n: int, group_size: int) -> None:
+    codes, widths, data = _grouped_case(n, group_size, seed=n)
+    steps = torch.rand(17, generator=torch.Generator().manual_seed(1))
+    out = np.empty(n, dtype=np.float32)
+    kernels.decode_grouped(data.numpy(), widths.numpy(), group_size, steps.numpy(), -0.75, out)
+    per_value = steps[widths.long()].repeat_interleave(group_size)
+    expected = (codes.float() * per_value - 0.75)[:n]  # two roundings, as torch's mul_, add_
+    assert np.array_equal(out, expected.numpy())
+
+
+@needs_vector
+@pytest.mark.parametrize(("low", "high"), [(2, 15), (5, 5), (16, 16)])
+def test_grouped_codec_decodes_the_same_with_the_kernel(
+    low: int, high: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from optiquant.quant.codecs import GroupedCodec, encode_grouped
+
+    calls = []
+    decode = kernels.decode_grouped
+    monkeypatch.setattr(kernels, "decode_grouped", lambda *a: calls.append(1) or decode(*a))
+    w = _randn(2**17 + 40, seed=low)
+    gen = torch.Generator().manual_seed(high)
+    widths = torch.randint(low, high + 1, (-(-w.numel() // 8),), generator=gen)
+    packed = GroupedCodec().pack(encode_grouped(w, widths, 8))
+    fast, slow = _both(lambda: GroupedCodec().decode(packed))
+    assert calls == [1]  # the kernel decoded the first, not the second
+    assert torch.equal(fast, slow)
+
+
+@needs_vector
+def test_grouped_decode_rejects_bad_arguments() -> None:
+    _, widths, data = _grouped_case(64, 8, seed=0)
+    steps = np.ones(17, dtype=np.float32)
+    out = np.empty(64, dtype=np.float32)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        kernels.decode_grouped(data.numpy(), widths.numpy(), 4, steps, 0.0, out)
+    with pytest.raises(ValueError, match="bytes, the widths need"):
+        kernels.decode_grouped(data.numpy()[:-1], widths.numpy(), 8, steps, 0.0, out)
+    with pytest.raises(ValueError, match="not what 8 groups hold"):
+        kernels.decode_grouped(data.numpy(), widths.numpy(), 8, steps, 0.0, out[:50])
+    with pytest.raises(ValueError, match="17 entries"):
+        kernels.decode_grouped(data.numpy(), widths.numpy(), 8, steps[:16], 0.0, out)
+    wide = widths.numpy().copy()
+    wide[0] = 17
+    with pytest.raises(ValueError, match="exceed 16 bits"):
+        kernels.decode_grouped(data.numpy(), wide, 8, steps, 0.0, out)

@@ -79,11 +79,50 @@ def _finite_range(weight: torch.Tensor, name: str) -> torch.Tensor:
     """``[min, max]`` of ``weight`` in its compute dtype; raises on NaN/inf or emptiness."""
     if weight.numel() == 0:
         raise ValueError(f"{name}: cannot quantize an empty tensor")
-    lo, hi = torch.aminmax(weight.detach())
+    flat = _kernel_input(weight)
+    found = kernels.extremes(flat.numpy()) if flat is not None else None
+    if flat is not None and found is not None:
+        lo, hi = flat[found[0]], flat[found[1]]
+    else:
+        lo, hi = torch.aminmax(weight.detach())
     rng = torch.stack([lo, hi]).to(compute_dtype(weight.dtype))
     if not bool(torch.isfinite(rng).all()):
         raise ValueError(f"{name}: weights contain NaN or inf; cannot quantize")
     return rng
+
+
+def _kernel_input(t: torch.Tensor) -> torch.Tensor | None:
+    """``t`` flat, when the compiled kernels take it (contiguous float32 on the CPU, large)."""
+    if (
+        t.dtype != torch.float32
+        or t.device.type != "cpu"
+        or not t.is_contiguous()
+        or t.numel() < kernels.MIN_NUMEL
+        or not kernels.available()
+    ):
+        return None
+    return t.detach().reshape(-1)
+
+
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """:func:`~optiquant.io.pack_bits` of codes already known to fit ``bits`` bits
+    (uint8 codes of 1, 2, 4 or 8 bits go through one compiled pass on the CPU).
+
+    >>> pack_codes(torch.tensor([1, 2, 3], dtype=torch.uint8), 4).tolist()
+    [33, 3]
+    """
+    if (
+        bits in (1, 2, 4, 8)
+        and codes.dtype == torch.uint8
+        and codes.device.type == "cpu"
+        and codes.is_contiguous()
+        and codes.numel() >= kernels.MIN_NUMEL
+        and kernels.available()
+    ):
+        out = torch.empty(-(-codes.numel() * bits // 8), dtype=torch.uint8)
+        kernels.pack_stream(codes.reshape(-1).numpy(), bits, out.numpy())
+        return out
+    return pack_bits(codes, bits, check=False)
 
 
 _CHUNK = 1 << 16
@@ -118,6 +157,11 @@ def _affine_codes(
     full = n - n % group_size
     padded = -(-n // group_size) * group_size
     out = (torch.zeros if padded != n else torch.empty)(padded, dtype=dtype, device=flat.device)
+    x = _kernel_input(flat)
+    if x is not None and lo.dtype == torch.float32 and inv.dtype == torch.float32:
+        factors = inv.detach().reshape(-1).contiguous().numpy()
+        kernels.affine_codes(x.numpy(), float(lo), factors, group_size, out[:n].numpy())
+        return out
     step = _chunk(n, group_size, flat.device)
     buf = torch.empty(min(step, max(n, 1)), dtype=lo.dtype, device=flat.device)
     bounds = [(s, min(full, s + step)) for s in range(0, full, step)]
@@ -412,9 +456,7 @@ class _SingleWidthCodec(Codec):
         )  # fmt: skip
 
     def pack(self, enc: EncodedTensor) -> EncodedTensor:
-        return self._with_codes(
-            enc, pack_bits(enc.tensors["codes"], enc.meta["bits"], check=False), True
-        )
+        return self._with_codes(enc, pack_codes(enc.tensors["codes"], enc.meta["bits"]), True)
 
     def unpack(self, enc: EncodedTensor) -> EncodedTensor:
         bits = enc.meta["bits"]
@@ -695,11 +737,37 @@ class GroupedCodec(Codec):
     def decode_into(self, enc: EncodedTensor, out: torch.Tensor) -> torch.Tensor:
         return self.decode(enc, out=out)
 
+    def _kernel_fits(self, enc: EncodedTensor) -> bool:
+        """Whether :func:`optiquant.quant.kernels.decode_grouped` decodes ``enc``."""
+        codes = enc.tensors["codes"]
+        return (
+            enc.meta["group_size"] % 8 == 0
+            and compute_dtype(enc.dtype) == torch.float32
+            and codes.device.type == "cpu"
+            and codes.is_contiguous()
+            and enc.numel >= kernels.MIN_NUMEL
+            and kernels.vectorized(torch.float32)
+        )
+
+    def _kernel_values(self, enc: EncodedTensor, flat: torch.Tensor) -> None:
+        """Decode the packed ``enc`` into ``flat`` with the grouped vector kernel."""
+        rng = enc.tensors["range"].to(torch.float32)
+        kernels.decode_grouped(
+            enc.tensors["codes"].numpy(),
+            self.packed_widths(enc).contiguous().numpy(),
+            enc.meta["group_size"],
+            _group_table(rng, numerator=False).contiguous().numpy(),
+            float(rng[0]),
+            flat.numpy(),
+        )
+
     def decode(self, enc: EncodedTensor, out: torch.Tensor | None = None) -> torch.Tensor:
         if enc.packed and enc.numel:
             if enc.meta["width_bits"] == 0:  # one width: no per-group widths needed
                 order, buckets = None, [(enc.meta["width_offset"], self._groups(enc)[1])]
             else:
+                if self._kernel_fits(enc):
+                    return _decode_with(enc, out, lambda flat: self._kernel_values(enc, flat))
                 order, buckets = _buckets(self.packed_widths(enc))
             if order is not None:
                 return _decode_with(
@@ -718,6 +786,8 @@ class GroupedCodec(Codec):
                     _table_values(enc.tensors["codes"], width, values, flat)
 
                 return _decode_with(enc, out, fill)
+            if self._kernel_fits(enc):
+                return _decode_with(enc, out, lambda flat: self._kernel_values(enc, flat))
         enc = enc.unpack()
         t = enc.tensors
         gs = enc.meta["group_size"]
@@ -755,6 +825,12 @@ def encode_lsq(
     flat = weight.detach().reshape(-1)
     n = flat.numel()
     codes = torch.empty(n, dtype=codes_dtype(bits), device=flat.device)
+    x = _kernel_input(flat)
+    if x is not None and cdt == torch.float32:
+        kernels.lsq_codes(x.numpy(), float(s), qn, qp, codes.numpy())
+        return EncodedTensor(
+            "lsq", tuple(weight.shape), weight.dtype, {"bits": bits}, {"codes": codes, "scale": s}
+        )
     step = _chunk(n, 1, flat.device)
     buf = torch.empty(min(step, n), dtype=cdt, device=flat.device)
     for start in range(0, n, step):

@@ -33,13 +33,17 @@ except ImportError:  # pragma: no cover - depends on the installation
     numba = None  # type: ignore[assignment]
 
 __all__ = [
+    "affine_codes",
     "available",
+    "decode_grouped",
     "decode_stream",
     "decode_words",
     "disabled",
     "encode",
     "extremes",
     "fingerprint",
+    "lsq_codes",
+    "pack_stream",
     "streams",
     "vectorized",
     "warm_up",
@@ -51,6 +55,8 @@ MIN_NUMEL = 1 << 16
 _BLOCK = 2048  # values per block: the block's scratch arrays stay in the L1/L2 cache
 _MAX_WORKERS = 8
 _MIN_ITEMS = 16  # blocks or word groups a worker gets at least
+_MIN_GROUPS = 8192  # groups of codes a worker gets at least
+MAX_WIDTH = 16  # the widest code of a grouped stream
 _local = threading.local()
 
 
@@ -148,10 +154,20 @@ def run_split(kernel: Any, items: int, min_items: int, *args: Any) -> None:
     def part(w: int) -> None:
         kernel(*args, cuts[w], cuts[w + 1])
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(part, w) for w in range(workers)]
-        for f in futures:
-            f.result()
+    futures = [_pool().submit(part, w) for w in range(workers)]
+    for f in futures:
+        f.result()
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The worker threads of :func:`run_split`, started once per process."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():  # a forked child starts its own
+        _POOL = (os.getpid(), ThreadPoolExecutor(_MAX_WORKERS, thread_name_prefix="optiquant"))
+    return _POOL[1]
 
 
 def jit(**options: Any) -> Any:
@@ -285,6 +301,126 @@ if numba is not None:
             total += x
             weighted += x * np.uint64(i)
         return total, weighted
+
+    @jit(nogil=True)
+    def _grouped_kernel(  # type: ignore[no-untyped-def]
+        data, widths, sub, start, adv, mask, shift, high, steps, base, out, obase, first, last
+    ):
+        """Decode groups ``first`` to ``last - 1`` of a bucketed grouped stream (see
+        :func:`decode_grouped`); group ``g``'s values go to ``out[g * 8 * sub - obase:]``."""
+        cur = start.copy()
+        seen = np.zeros(start.shape[0], dtype=np.int64)
+        for g in range(first):  # where each bucket's cursor stands at group ``first``
+            seen[widths[g]] += 1
+        for w in range(start.shape[0]):
+            for k in range(4):
+                cur[w, k] += seen[w] * sub * adv[w, k]
+        size = data.size
+        for g in range(first, last):
+            w = widths[g]
+            step = steps[w]
+            o = g * sub * 8 - obase
+            for j in range(sub):
+                low = np.uint64(0)
+                hi = np.uint64(0)
+                for k in range(4):
+                    c = cur[w, k] + j * adv[w, k]
+                    if c + 8 <= size:
+                        raw = simd.load_le64(data, c)
+                    else:  # the last bytes of the stream
+                        raw = np.uint64(0)
+                        for b in range(max(size - c, 0)):
+                            raw |= np.uint64(data[c + b]) << np.uint64(8 * b)
+                    f = simd.pdep64(raw, mask[w, k]) << shift[w, k]
+                    hi |= f & high[w, k]
+                    low |= f & ~high[w, k]
+                simd.store8_affine(low, hi, step, base, out, o + 8 * j)
+            for k in range(4):
+                cur[w, k] += sub * adv[w, k]
+
+    @jit(nogil=True)
+    def _affine_codes_kernel(x, lo, inv, group_size, out, first, last):  # type: ignore[no-untyped-def]
+        """``out[i] = int((x[i] - lo) * inv[i // group_size] + 0.5)`` over blocks
+        ``first`` to ``last - 1`` of ``_BLOCK`` groups."""
+        n = x.size
+        block = _BLOCK * group_size
+        half = np.float32(0.5)
+        for blk in range(first, last):
+            start = blk * block
+            # per-block views: indices from 0, which the compiler vectorizes
+            xs = x[start : min(start + block, n)]
+            codes = out[start : start + xs.size]
+            if inv.size == 1:
+                f = inv[0]
+                for i in range(xs.size):
+                    codes[i] = np.int32((xs[i] - lo) * f + half)
+                continue
+            g0 = start // group_size
+            whole = xs.size // group_size
+            if group_size == 8:  # a fixed inner trip count: one 8-lane step per group
+                for g in range(whole):
+                    f = inv[g0 + g]
+                    for j in range(8):
+                        codes[8 * g + j] = np.int32((xs[8 * g + j] - lo) * f + half)
+            else:
+                for g in range(whole):
+                    f = inv[g0 + g]
+                    for j in range(g * group_size, (g + 1) * group_size):
+                        codes[j] = np.int32((xs[j] - lo) * f + half)
+            if whole * group_size < xs.size:  # a partial last group
+                f = inv[g0 + whole]
+                for j in range(whole * group_size, xs.size):
+                    codes[j] = np.int32((xs[j] - lo) * f + half)
+
+    @jit(nogil=True)
+    def _lsq_codes_kernel(x, scale, low, high, out, first, last):  # type: ignore[no-untyped-def]
+        """``out[i] = round(clamp(x[i] / scale, low, high)) - low`` (half to even) over
+        blocks ``first`` to ``last - 1`` of ``_BLOCK`` values."""
+        n = x.size
+        for blk in range(first, last):
+            start = blk * _BLOCK
+            xs = x[start : min(start + _BLOCK, n)]
+            codes = out[start : start + xs.size]
+            for i in range(xs.size):
+                v = min(max(xs[i] / scale, low), high)
+                codes[i] = np.int32(np.rint(v) - low)
+
+    @jit(nogil=True)
+    def _pack_stream_kernel(codes, bits, out, first, last):  # type: ignore[no-untyped-def]
+        """``out[b] = OR_j codes[b * per + j] << (j * bits)``, ``per = 8 // bits``, for
+        bytes in blocks ``first`` to ``last - 1`` of ``_BLOCK`` bytes (codes past the
+        end count as 0)."""
+        per = 8 // bits
+        n = codes.size
+        for blk in range(first, last):
+            b0 = blk * _BLOCK
+            dst = out[b0 : min(b0 + _BLOCK, out.size)]
+            whole = min(dst.size, (n - b0 * per) // per)
+            src = codes[b0 * per : b0 * per + whole * per]
+            if bits == 4:  # fixed strides: vector code
+                for b in range(whole):
+                    dst[b] = src[2 * b] | (src[2 * b + 1] << 4)
+            elif bits == 2:
+                for b in range(whole):
+                    dst[b] = (
+                        src[4 * b]
+                        | (src[4 * b + 1] << 2)
+                        | (src[4 * b + 2] << 4)
+                        | (src[4 * b + 3] << 6)
+                    )
+            elif bits == 1:
+                for b in range(whole):
+                    acc = np.uint8(0)
+                    for j in range(8):
+                        acc |= src[8 * b + j] << j
+                    dst[b] = acc
+            else:
+                dst[:whole] = src
+            if whole < dst.size:  # the last byte, partly filled
+                acc = np.uint8(0)
+                for j in range((b0 + whole) * per, n):
+                    acc |= codes[j] << ((j - (b0 + whole) * per) * bits)
+                dst[whole] = acc
 
     _simd_block_jit = jit()(_simd_block)
 
@@ -639,6 +775,171 @@ def decode_words(
     args = (words_np, table_np, lut_np, bits, unit, group, numel, rows, vals)
     _run(_decode_kernel, numel // span, *args)
     return True
+
+
+# deposit masks spreading 8 fields of 8, 4, 2 or 1 bits into the 8 bytes of a word
+_SPREAD = {
+    8: 0xFFFFFFFFFFFFFFFF,
+    4: 0x0F0F0F0F0F0F0F0F,
+    2: 0x0303030303030303,
+    1: 0x0101010101010101,
+}
+
+
+def _grouped_slots(
+    counts: np.ndarray, codes_per_group: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Per width and slice: start byte of the slice stream, bytes per 8 codes, the
+    deposit mask spreading 8 fields into 8 bytes, the shift in the byte, whether the
+    slice lands in the high byte; and the total stream size."""
+    from optiquant.io.bitpack import _slices
+
+    start = np.zeros((counts.size, 4), dtype=np.int64)
+    adv = np.zeros((counts.size, 4), dtype=np.int64)
+    mask = np.zeros((counts.size, 4), dtype=np.uint64)
+    shift = np.zeros((counts.size, 4), dtype=np.uint64)
+    high = np.zeros((counts.size, 4), dtype=np.uint64)
+    pos = 0
+    for w in range(1, counts.size):
+        if not counts[w]:
+            continue
+        for k, (offset, width) in enumerate(_slices(w)):
+            start[w, k] = pos
+            pos += int(counts[w]) * codes_per_group * width // 8
+            adv[w, k] = width
+            mask[w, k] = _SPREAD[width]
+            shift[w, k] = offset % 8
+            high[w, k] = 0xFFFFFFFFFFFFFFFF if offset >= 8 else 0
+    return start, adv, mask, shift, high, pos
+
+
+def decode_grouped(
+    data: np.ndarray,
+    widths: np.ndarray,
+    group_size: int,
+    steps: np.ndarray,
+    base: float,
+    out: np.ndarray,
+) -> None:
+    """``out[i] = code_i * steps[w] + base`` for the codes of a grouped stream
+    (:func:`optiquant.io.pack_groups`'s layout: groups bucketed by width, each
+    bucket in power-of-two slices), group ``g`` having width ``w = widths[g]``.
+
+    ``group_size`` must be a multiple of 8 (whole bytes per group and slice),
+    ``out`` float32 with at most ``len(widths) * group_size`` entries (a partial
+    last group), ``steps`` float32 with an entry per width (0..16). Needs the
+    vector kernels (:func:`vectorized`).
+
+    >>> from optiquant.io import pack_groups
+    >>> codes, widths = torch.arange(16) % 4, torch.tensor([2, 3], dtype=torch.uint8)
+    >>> out = np.empty(16, dtype=np.float32)
+    >>> steps = np.ones(17, dtype=np.float32)
+    >>> data = pack_groups(codes, widths, 8).numpy()
+    >>> if vectorized():
+    ...     decode_grouped(data, widths.numpy(), 8, steps, 0.5, out)
+    ... else:
+    ...     out[:] = codes.numpy() + 0.5
+    >>> out[:6].tolist()
+    [0.5, 1.5, 2.5, 3.5, 0.5, 1.5]
+    """
+    if not vectorized(torch.float32) or group_size % 8:
+        raise ValueError(
+            f"decode_grouped needs the vector kernels and a group_size multiple of 8, "
+            f"got {group_size}"
+        )
+    groups = widths.size
+    if widths.dtype != np.uint8 or data.dtype != np.uint8:
+        raise ValueError("data and widths must be uint8 arrays")
+    if out.dtype != np.float32 or steps.dtype != np.float32 or steps.size != MAX_WIDTH + 1:
+        raise ValueError(f"out and steps must be float32, steps with {MAX_WIDTH + 1} entries")
+    if not (groups - 1) * group_size < out.size <= groups * group_size:
+        raise ValueError(f"out has {out.size} entries, not what {groups} groups hold")
+    counts = np.bincount(widths, minlength=MAX_WIDTH + 1)
+    if counts.size > MAX_WIDTH + 1:
+        raise ValueError(f"widths exceed {MAX_WIDTH} bits")
+    slots = _grouped_slots(counts, group_size)
+    if slots[-1] != data.size:
+        raise ValueError(f"data has {data.size} bytes, the widths need {slots[-1]}")
+    sub = group_size // 8
+    args = (data, widths, sub, *slots[:-1], steps, np.float32(base))
+    full = out.size // group_size
+    run_split(_grouped_kernel, full, _MIN_GROUPS, *args, out, 0)
+    if full < groups:  # a partial last group, decoded aside
+        last = np.empty(group_size, dtype=np.float32)
+        _grouped_kernel(*args, last, full * group_size, full, groups)
+        out[full * group_size :] = last[: out.size - full * group_size]
+
+
+def _check_codes_out(x: np.ndarray, out: np.ndarray) -> None:
+    if x.ndim != 1 or x.dtype != np.float32:
+        raise ValueError(f"x must be a 1-D float32 array, got {x.ndim}-D {x.dtype}")
+    if out.shape != x.shape or out.dtype not in (np.uint8, np.int16, np.int32):
+        raise ValueError(f"out must be a uint8/int16/int32 array of {x.size} entries")
+
+
+def affine_codes(
+    x: np.ndarray, lo: float, inv: np.ndarray, group_size: int, out: np.ndarray
+) -> None:
+    """``out[i] = floor((x[i] - lo) * inv[i // group_size] + 0.5)``, each step rounded
+    to float32 (torch's element-wise steps: the same codes). ``inv`` is float32 with
+    one entry, or one per group; codes are assumed to fit ``out``'s dtype.
+
+    >>> out = np.empty(3, dtype=np.uint8)
+    >>> x = np.array([0.0, 0.5, 1.0], dtype=np.float32)
+    >>> if available():
+    ...     affine_codes(x, 0.0, np.array([3.0], np.float32), 1, out)
+    ... else:
+    ...     out[:] = [0, 2, 3]
+    >>> out.tolist()
+    [0, 2, 3]
+    """
+    _require_numba()
+    _check_codes_out(x, out)
+    groups = -(-x.size // group_size)
+    if inv.dtype != np.float32 or inv.size not in (1, groups):
+        raise ValueError(f"inv must be float32 with 1 or {groups} entries")
+    blocks = -(-x.size // (_BLOCK * group_size))
+    _run(_affine_codes_kernel, blocks, x, np.float32(lo), inv, group_size, out)
+
+
+def pack_stream(codes: np.ndarray, bits: int, out: np.ndarray) -> None:
+    """Pack uint8 ``codes`` below ``2**bits`` (``bits`` in 1, 2, 4, 8) into the
+    low-bits-first bytes ``out`` of :func:`optiquant.io.pack_bits` (the last byte
+    padded with zero bits).
+
+    >>> out = np.empty(2, dtype=np.uint8)
+    >>> if available():
+    ...     pack_stream(np.array([1, 2, 3], dtype=np.uint8), 4, out)
+    ... else:
+    ...     out[:] = [0x21, 0x03]
+    >>> [hex(b) for b in out]
+    ['0x21', '0x3']
+    """
+    _require_numba()
+    if bits not in (1, 2, 4, 8) or codes.dtype != np.uint8 or codes.ndim != 1:
+        raise ValueError(f"pack_stream needs 1-D uint8 codes and bits in 1, 2, 4, 8, got {bits}")
+    if out.dtype != np.uint8 or out.size != -(-codes.size * bits // 8):
+        raise ValueError(f"out must be {-(-codes.size * bits // 8)} uint8 bytes")
+    _run(_pack_stream_kernel, -(-out.size // _BLOCK), codes, bits, out)
+
+
+def lsq_codes(x: np.ndarray, scale: float, low: int, high: int, out: np.ndarray) -> None:
+    """``out[i] = round(clamp(x[i] / scale, low, high)) - low`` in float32 steps, ties to
+    even (torch's ``div``, ``clamp``, ``round``: the same codes).
+
+    >>> out = np.empty(4, dtype=np.uint8)
+    >>> x = np.array([-1.0, 0.1, 0.4, 9.0], dtype=np.float32)
+    >>> if available():
+    ...     lsq_codes(x, 0.25, -4, 3, out)
+    ... else:
+    ...     out[:] = [0, 4, 6, 7]
+    >>> out.tolist()
+    [0, 4, 6, 7]
+    """
+    _require_numba()
+    _check_codes_out(x, out)
+    blocks = -(-x.size // _BLOCK)
+    _run(_lsq_codes_kernel, blocks, x, np.float32(scale), np.float32(low), np.float32(high), out)
 
 
 def fingerprint(values: np.ndarray) -> tuple[int, int]:

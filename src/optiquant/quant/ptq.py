@@ -24,10 +24,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from optiquant.io.bitpack import pack_bits, packed_nbytes, unpack_bits
+from optiquant.io.bitpack import packed_nbytes, unpack_bits
 from optiquant.io.errors import FormatError
 from optiquant.quant.base import BaseQuantizer, QuantizedParam
-from optiquant.quant.codecs import encode_float
+from optiquant.quant.codecs import encode_float, pack_codes
 from optiquant.quant.config import QuantizerConfig, check_bits, register_config
 from optiquant.quant.distributional import METHODS, dequantize, quantize
 from optiquant.quant.encoded import Codec, EncodedTensor, register_codec
@@ -278,7 +278,7 @@ class DistributionalCodec(Codec):
 
     def pack(self, enc: EncodedTensor) -> EncodedTensor:
         tensors = dict(enc.tensors)
-        tensors["codes"] = pack_bits(enc.tensors["codes"], enc.meta["bits"], check=False)
+        tensors["codes"] = pack_codes(enc.tensors["codes"], enc.meta["bits"])
         return dataclasses.replace(enc, tensors=tensors, packed=True)
 
     def unpack(self, enc: EncodedTensor) -> EncodedTensor:

@@ -15,8 +15,9 @@ that work in explicit LLVM vector code, for numba-compiled callers:
 For other modules: ``noise_forward16``/``noise_backward16_*`` apply and reduce
 DiffQ's table noise (:mod:`optiquant.quant.noise`), ``decode16_stream_*`` decode
 the low-bits-first byte streams of :func:`optiquant.io.pack_bits`, and
-``extremes_scan`` finds per-lane minima and maxima with their positions, and
-``fingerprint_scan`` keeps the per-lane running sums of a content fingerprint.
+``extremes_scan`` finds per-lane minima and maxima with their positions,
+``fingerprint_scan`` keeps the per-lane running sums of a content fingerprint,
+and ``load_le64``/``pdep64``/``store8_affine`` decode DiffQ's grouped codes.
 
 Lookups use a register permute for tables of at most 16 or 32 entries and a
 hardware gather otherwise (one variant per ``mode``: :data:`PERM16`,
@@ -456,6 +457,48 @@ if numba is not None:
         return sig, codegen
 
     @intrinsic
+    def _load_le64(typingctx, data, b):  # type: ignore[no-untyped-def]
+        """The eight bytes ``data[b:b+8]`` as one little-endian uint64 (any alignment)."""
+        sig = types.uint64(data, types.intp)
+
+        def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+            ptr = _ptr(context, builder, signature.args[0], args[0], args[1], _I64)
+            return builder.load(ptr, align=1)
+
+        return sig, codegen
+
+    @intrinsic
+    def _pdep64(typingctx, x, mask):  # type: ignore[no-untyped-def]
+        """The low bits of ``x`` deposited, in order, at the set bits of ``mask`` (BMI2)."""
+        sig = types.uint64(types.uint64, types.uint64)
+
+        def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+            pdep = _declare(builder, "llvm.x86.bmi.pdep.64", _I64, [_I64, _I64])
+            return builder.call(pdep, list(args))
+
+        return sig, codegen
+
+    @intrinsic
+    def _store8_affine(typingctx, low, high, step, base, out, o):  # type: ignore[no-untyped-def]
+        """``out[o+j] = float(c_j) * step + base`` (two roundings) for the eight 16-bit
+        codes ``c_j`` whose low bytes are the bytes of ``low`` and high bytes those of
+        ``high`` (byte ``j`` for code ``j``)."""
+        sig = types.void(types.uint64, types.uint64, types.float32, types.float32, out, types.intp)
+
+        def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+            lo_v, hi_v, step_v, base_v, outv, ov = args
+            v8i8, v8f32 = ir.VectorType(_I8, 8), ir.VectorType(_F32, 8)
+            lo_b = builder.zext(builder.bitcast(lo_v, v8i8), _V8I32)
+            hi_b = builder.zext(builder.bitcast(hi_v, v8i8), _V8I32)
+            codes = builder.or_(lo_b, builder.shl(hi_b, ir.Constant(_V8I32, [8] * 8)))
+            vals = builder.fmul(builder.sitofp(codes, v8f32), _splat(builder, step_v, v8f32))
+            vals = builder.fadd(vals, _splat(builder, base_v, v8f32))
+            builder.store(vals, _ptr(context, builder, signature.args[4], outv, ov, v8f32), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    @intrinsic
     def _fma32(typingctx, a, b, c):  # type: ignore[no-untyped-def]
         """``a * b + c`` in float32 with one rounding."""
         sig = types.float32(types.float32, types.float32, types.float32)
@@ -520,6 +563,9 @@ if numba is not None:
     noise_forward16: Any = _noise_forward16
     extremes_scan: Any = _extremes_scan
     fingerprint_scan: Any = _fingerprint_scan
+    load_le64: Any = _load_le64
+    pdep64: Any = _pdep64
+    store8_affine: Any = _store8_affine
     fma32: Any = _fma32
     noise_backward16_1: Any = _make_noise_backward16(1)
     noise_backward16_2: Any = _make_noise_backward16(2)
