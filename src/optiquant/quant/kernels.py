@@ -506,23 +506,14 @@ if numba is not None:
             stop = min(start + 1024, nvec)
             for o in range(start, stop, 16):
                 b = o * bits // 8
-                if stream:
-                    if bits == 1:
-                        simd.stream16_1(data, b, table, out, o)
-                    elif bits == 2:
-                        simd.stream16_2(data, b, table, out, o)
-                    elif bits == 4:
-                        simd.stream16_4(data, b, table, out, o)
-                    else:
-                        simd.stream16_8(data, b, table, out, o)
-                elif bits == 1:
-                    simd.decode16_stream_1(data, b, table, out, o)
+                if bits == 1:
+                    simd.decode16_stream_1(data, b, table, out, o, stream)
                 elif bits == 2:
-                    simd.decode16_stream_2(data, b, table, out, o)
+                    simd.decode16_stream_2(data, b, table, out, o, stream)
                 elif bits == 4:
-                    simd.decode16_stream_4(data, b, table, out, o)
+                    simd.decode16_stream_4(data, b, table, out, o, stream)
                 else:
-                    simd.decode16_stream_8(data, b, table, out, o)
+                    simd.decode16_stream_8(data, b, table, out, o, stream)
             if start + 1024 >= n:  # the block holding the end does the tail
                 mask = (1 << bits) - 1
                 for i in range(nvec, n):

@@ -509,25 +509,26 @@ if numba is not None:
 
         return sig, codegen
 
-    def _store16(builder: Any, vals: Any, ptr: Any, stream: bool) -> None:
-        """Store a 16-lane vector; ``stream``: a 64-byte aligned store that bypasses the
-        caches (a streaming store: no read of the line it overwrites)."""
-        if not stream:
-            builder.store(vals, ptr, align=4)
-            return
-        store = builder.store(vals, ptr, align=64)
-        store.set_metadata("nontemporal", builder.module.add_metadata([_I32(1)]))
+    def _store16(builder: Any, vals: Any, ptr: Any, stream: Any) -> None:
+        """Store a 16-lane vector; where the i1 ``stream`` is set, as a 64-byte aligned
+        streaming store (it skips reading the cache line it overwrites)."""
+        with builder.if_else(stream) as (streaming, plain):
+            with streaming:
+                store = builder.store(vals, ptr, align=64)
+                store.set_metadata("nontemporal", builder.module.add_metadata([_I32(1)]))
+            with plain:
+                builder.store(vals, ptr, align=4)
 
-    def _make_decode16_stream(bits: int, mode: int, stream: bool = False) -> Any:
+    def _make_decode16_stream(bits: int, mode: int) -> Any:
         @intrinsic
-        def decode16_stream(typingctx, data, b, table, out, o):  # type: ignore[no-untyped-def]
+        def decode16_stream(typingctx, data, b, table, out, o, stream):  # type: ignore[no-untyped-def]
             """``out[o:o+16] = table[c]`` for the sixteen ``bits``-bit codes in bytes
             ``data[b:b+2*bits]`` of a low-bits-first stream (``bits`` in 1, 2, 4, 8).
-            With ``stream``, ``out[o]`` must be 64-byte aligned (a streaming store)."""
-            sig = types.void(data, types.intp, table, out, types.intp)
+            With ``stream`` true, ``out[o]`` must be 64-byte aligned (a streaming store)."""
+            sig = types.void(data, types.intp, table, out, types.intp, types.boolean)
 
             def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-                dv, bv, tab, outv, ov = args
+                dv, bv, tab, outv, ov, stream = args
                 aty = signature.args
                 nbytes = 2 * bits
                 raw = builder.load(
@@ -585,8 +586,4 @@ if numba is not None:
     decode16_stream_2: Any = _make_decode16_stream(2, PERM16)
     decode16_stream_4: Any = _make_decode16_stream(4, PERM16)
     decode16_stream_8: Any = _make_decode16_stream(8, GATHER)
-    stream16_1: Any = _make_decode16_stream(1, PERM16, stream=True)
-    stream16_2: Any = _make_decode16_stream(2, PERM16, stream=True)
-    stream16_4: Any = _make_decode16_stream(4, PERM16, stream=True)
-    stream16_8: Any = _make_decode16_stream(8, GATHER, stream=True)
     store_fence: Any = _store_fence
