@@ -828,16 +828,14 @@ def encode_lsq(
     x = _kernel_input(flat)
     if x is not None and cdt == torch.float32:
         kernels.lsq_codes(x.numpy(), float(s), qn, qp, codes.numpy())
-        return EncodedTensor(
-            "lsq", tuple(weight.shape), weight.dtype, {"bits": bits}, {"codes": codes, "scale": s}
-        )
-    step = _chunk(n, 1, flat.device)
-    buf = torch.empty(min(step, n), dtype=cdt, device=flat.device)
-    for start in range(0, n, step):
-        b = buf[: min(n, start + step) - start]
-        b.copy_(flat[start : start + step])
-        b.div_(s).clamp_(qn, qp).round_().sub_(qn)
-        codes[start : start + step] = b
+    else:
+        step = _chunk(n, 1, flat.device)
+        buf = torch.empty(min(step, n), dtype=cdt, device=flat.device)
+        for start in range(0, n, step):
+            b = buf[: min(n, start + step) - start]
+            b.copy_(flat[start : start + step])
+            b.div_(s).clamp_(qn, qp).round_().sub_(qn)
+            codes[start : start + step] = b
     return EncodedTensor(
         "lsq", tuple(weight.shape), weight.dtype, {"bits": bits}, {"codes": codes, "scale": s}
     )
