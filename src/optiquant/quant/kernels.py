@@ -8,6 +8,12 @@ torch/numpy paths of :mod:`optiquant.quant.distributional` do the same work in
 several passes. Both give bit-identical results (the tests compare them), so a
 file written with the kernels reads the same without them.
 
+The model quantizers (:mod:`optiquant.quant.codecs`) use the same machinery:
+:func:`affine_codes` and :func:`lsq_codes` turn weights into codes,
+:func:`pack_stream` packs 1/2/4/8-bit codes, :func:`decode_stream` and
+:func:`decode_grouped` decode packed states, and :func:`fingerprint` checks
+whether a cached state still matches its weights.
+
 Set the environment variable ``OPTIQUANT_KERNELS=0`` (read at each call) or use
 :func:`disabled` to force the fallback paths.
 """
