@@ -250,6 +250,26 @@ def test_stream_decode_with_streaming_stores_equals_the_table_lookup(
     assert np.array_equal(out, table[codes].numpy())
 
 
+@needs_vector
+def test_decoding_into_fresh_buffers_uses_plain_stores(monkeypatch: pytest.MonkeyPatch) -> None:
+    from optiquant.quant.codecs import UniformCodec, encode_uniform
+
+    seen = []
+    decode = kernels.decode_stream
+
+    def spy(data, bits, table, out):  # type: ignore[no-untyped-def]
+        seen.append(kernels.streams(out))
+        decode(data, bits, table, out)
+
+    monkeypatch.setattr(kernels, "decode_stream", spy)
+    packed = UniformCodec().pack(encode_uniform(_randn(kernels.STREAM_BYTES, seed=2), 4))
+    fresh = UniformCodec().decode(packed)  # allocates its output
+    target = torch.zeros_like(fresh)
+    UniformCodec().decode(packed, out=target)  # writes memory in use
+    assert seen == [False, True]
+    assert torch.equal(fresh, target)
+
+
 def test_stream_decode_rejects_bad_arguments() -> None:
     out = np.empty(64, dtype=np.float32)
     table = np.zeros(16, dtype=np.float32)

@@ -317,7 +317,8 @@ def _decode_with(
         fill(out.view(-1))
         return out
     buf = torch.empty(enc.numel, dtype=cdt, device=_device_of(enc))
-    fill(buf)
+    with kernels.plain_stores():  # fresh memory: streaming stores would be slower
+        fill(buf)
     value = buf.view(enc.shape).to(enc.dtype)
     if out is None:
         return value

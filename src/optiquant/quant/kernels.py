@@ -50,6 +50,7 @@ __all__ = [
     "fingerprint",
     "lsq_codes",
     "pack_stream",
+    "plain_stores",
     "streams",
     "vectorized",
     "warm_up",
@@ -97,14 +98,36 @@ def streams(out: np.ndarray) -> bool:
     """Whether a vector kernel writes ``out`` with streaming stores.
 
     Streaming stores skip reading each cache line before overwriting it, which
-    nearly triples the write rate to memory, but leave nothing in the cache: they
-    pay off for outputs larger than the caches close to the core
-    (:data:`STREAM_BYTES`), and need a 64-byte aligned start.
+    nearly triples the write rate to memory already in use, but leave nothing in
+    the cache: they pay off for outputs larger than the caches close to the core
+    (:data:`STREAM_BYTES`), and need a 64-byte aligned start. Into freshly
+    allocated memory (first touched by the store) they are slower than plain
+    stores, so callers that allocate the output write it under
+    :func:`plain_stores`.
 
     >>> streams(np.empty(16, dtype=np.float32))
     False
     """
+    if getattr(_local, "plain", False):
+        return False
     return out.nbytes >= STREAM_BYTES and out.ctypes.data % 64 == 0
+
+
+@contextmanager
+def plain_stores() -> Iterator[None]:
+    """Within the block (in this thread), the kernels write with plain stores only
+    (for outputs just allocated; see :func:`streams`).
+
+    >>> with plain_stores():
+    ...     streams(np.empty(1 << 20, dtype=np.float32))
+    False
+    """
+    before = getattr(_local, "plain", False)
+    _local.plain = True
+    try:
+        yield
+    finally:
+        _local.plain = before
 
 
 @contextmanager
