@@ -122,12 +122,8 @@ def plain_stores() -> Iterator[None]:
     ...     streams(np.empty(1 << 20, dtype=np.float32))
     False
     """
-    before = getattr(_local, "plain", False)
-    _local.plain = True
-    try:
+    with _thread_flag("plain"):
         yield
-    finally:
-        _local.plain = before
 
 
 @contextmanager
@@ -138,12 +134,19 @@ def disabled() -> Iterator[None]:
     ...     available()
     False
     """
-    before = getattr(_local, "off", False)
-    _local.off = True
+    with _thread_flag("off"):
+        yield
+
+
+@contextmanager
+def _thread_flag(name: str) -> Iterator[None]:
+    """Set this thread's flag ``name`` within the block (restored after it)."""
+    before = getattr(_local, name, False)
+    setattr(_local, name, True)
     try:
         yield
     finally:
-        _local.off = before
+        setattr(_local, name, before)
 
 
 def _require_numba() -> None:
