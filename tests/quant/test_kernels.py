@@ -251,9 +251,11 @@ def test_stream_decode_with_streaming_stores_equals_the_table_lookup(
 
 
 @needs_vector
-def test_decoding_into_fresh_buffers_uses_plain_stores(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_codec_decode_streams_only_into_memory_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    from optiquant.quant import memory
     from optiquant.quant.codecs import UniformCodec, encode_uniform
 
+    monkeypatch.setattr(memory, "_cache", memory._Cache(64 << 20))  # empty
     seen = []
     decode = kernels.decode_stream
 
@@ -266,8 +268,46 @@ def test_decoding_into_fresh_buffers_uses_plain_stores(monkeypatch: pytest.Monke
     fresh = UniformCodec().decode(packed)  # allocates its output
     target = torch.zeros_like(fresh)
     UniformCodec().decode(packed, out=target)  # writes memory in use
+    expected = fresh.clone()
+    del fresh  # its block goes back to the cache: a third decode reuses it
+    again = UniformCodec().decode(packed)
+    assert seen == [False, True, True]
+    assert torch.equal(expected, target) and torch.equal(again, target)
+
+
+@needs_vector
+@pytest.mark.parametrize("k", list(range(1, 17)))
+def test_word_decode_with_streaming_stores_equals_the_table_lookup(k: int) -> None:
+    n = kernels.STREAM_BYTES // 4 + 16 * 64 * k + 5  # several patterns and a scalar tail
+    gen = torch.Generator().manual_seed(300 + k)
+    codes = torch.randint(0, 1 << k, (n,), generator=gen)
+    lut = torch.randn(1 << k, generator=gen)
+    out = torch.empty(n)
+    assert kernels.streams(out.numpy())
+    assert kernels.decode_words(pack_words(codes, k).numpy(), lut, k, n, out)
+    assert torch.equal(out, lut[codes])
+
+
+@needs_vector
+def test_dequantize_streams_into_reused_memory_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from optiquant.quant import memory
+
+    monkeypatch.setattr(memory, "_cache", memory._Cache(64 << 20))
+    seen = []
+    decide = kernels.streams
+
+    def spy(out):  # type: ignore[no-untyped-def]
+        seen.append(decide(out))
+        return seen[-1]
+
+    monkeypatch.setattr(kernels, "streams", spy)
+    q, info = quantize(_randn(kernels.STREAM_BYTES // 2, seed=5), k=8, beta=1.0)
+    first = dequantize(q, **info)  # fresh memory
+    expected = first.clone()
+    del first  # its block goes back to the cache
+    again = dequantize(q, **info)
     assert seen == [False, True]
-    assert torch.equal(fresh, target)
+    assert torch.equal(again, expected)
 
 
 def test_stream_decode_rejects_bad_arguments() -> None:

@@ -14,6 +14,7 @@ and codes ``c = round((w - lo) / (hi - lo) * (2**b - 1))``, decoded as
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -34,7 +35,7 @@ from optiquant.io.bitpack import (
     unpack_groups,
 )
 from optiquant.io.errors import FormatError
-from optiquant.quant import kernels
+from optiquant.quant import kernels, memory
 from optiquant.quant.encoded import Codec, EncodedTensor, register_codec
 
 # The codec classes and decoders are reached through ``get_codec(scheme)``.
@@ -316,8 +317,13 @@ def _decode_with(
     if out is not None and out.dtype == cdt and out.is_contiguous():
         fill(out.view(-1))
         return out
-    buf = torch.empty(enc.numel, dtype=cdt, device=_device_of(enc))
-    with kernels.plain_stores():  # fresh memory: streaming stores would be slower
+    device = _device_of(enc)
+    if device.type == "cpu":
+        buf, reused = memory.new_output(enc.numel, cdt)
+    else:
+        buf, reused = torch.empty(enc.numel, dtype=cdt, device=device), False
+    # streaming stores pay off in reused memory only (see kernels.streams)
+    with contextlib.nullcontext() if reused else kernels.plain_stores():
         fill(buf)
     value = buf.view(enc.shape).to(enc.dtype)
     if out is None:

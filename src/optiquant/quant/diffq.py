@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from optiquant.io.bitpack import MAX_BITS, grouped_nbytes, packed_nbytes
-from optiquant.quant import kernels
+from optiquant.quant import kernels, memory
 from optiquant.quant.base import BaseQuantizer, QuantizedParam, _tensor_key, module_param
 from optiquant.quant.codecs import compute_dtype, encode_grouped
 from optiquant.quant.config import DiffQConfig
@@ -96,7 +96,7 @@ def _noise_forward(
             return add_noise(flat, amp, gs, eps).view(weight.shape)
         eps = eps.samples(n, weight.dtype, weight.device)
     eps = eps.reshape(-1)
-    out = torch.empty_like(flat)
+    out = memory.empty(n, flat.dtype, flat.device)
     torch.addcmul(
         flat[:full].view(-1, gs),
         eps[:full].view(-1, gs),
@@ -256,7 +256,7 @@ class _SigmoidSum(torch.autograd.Function):
 
 
 def _fresh_noise(kind: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    eps = torch.empty(numel, dtype=dtype, device=device)
+    eps = memory.empty(numel, dtype, device)
     return eps.normal_() if kind == "gaussian" else eps.uniform_(-0.5, 0.5)
 
 

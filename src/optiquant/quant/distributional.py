@@ -25,6 +25,7 @@ input's dtype and device are kept.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from optiquant.quant import kernels
+from optiquant.quant import kernels, memory
 from optiquant.quant.codebook import (
     Encoder,
     SortedSample,
@@ -437,33 +438,6 @@ def _chunk_len(per_word: int, group_size: int | None) -> int:
     return base * max(1, target // base)
 
 
-def _np_empty(numel: int, dtype: torch.dtype) -> torch.Tensor:
-    """Uninitialised CPU output tensor; large ones get their memory from numpy.
-
-    numpy asks the kernel for huge pages on large buffers, which makes the
-    first write to a fresh 64 MiB output about three times cheaper than with
-    torch's allocator (page faults dominate a single pass over new memory).
-    Such a tensor cannot be resized in place; smaller outputs, which the C
-    allocator recycles without faults, are ordinary torch tensors.
-    """
-    if numel * dtype.itemsize < _NP_ALLOC_MIN:
-        return torch.empty(numel, dtype=dtype)
-    if dtype == torch.bfloat16:
-        return torch.from_numpy(np.empty(numel, dtype=np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(np.empty(numel, dtype=_NP_DTYPE[dtype]))
-
-
-_NP_ALLOC_MIN = 1 << 25
-_NP_DTYPE = {
-    torch.float16: np.float16,
-    torch.float32: np.float32,
-    torch.float64: np.float64,
-    torch.uint8: np.uint8,
-    torch.int32: np.int32,
-    torch.int64: np.int64,
-}
-
-
 def _workers(numel: int, step: int) -> int:
     """Python threads for the CPU chunk loops: torch's thread count, if there is work."""
     return max(1, min(torch.get_num_threads(), 8, numel // (4 * step)))
@@ -523,7 +497,7 @@ def _encode_cpu(
         fused = enc.sum_table(work)
         if fused is not None:  # one compiled pass: codes and packing
             per = codes_per_word(bits) if packbits else 1
-            result = _np_empty(-(-numel // per), torch.int64 if packbits else enc.dtype)
+            result = memory.empty(-(-numel // per), torch.int64 if packbits else enc.dtype)
             flat_x = x.resolve_neg().contiguous().numpy()
             kernels.encode(flat_x, a, b, enc.cells - 1, fused.numpy(), bits, result.numpy())
             return result
@@ -550,11 +524,11 @@ def _encode_cpu(
     workers = _workers(numel, step) if threads and table is None else 1
     xin = x.resolve_neg().numpy() if x.dtype == work else None
     if packbits:
-        words = _np_empty(-(-numel // per), torch.int64)
+        words = memory.empty(-(-numel // per), torch.int64)
         out_w = words.numpy()
         out_b = out_w.view(np.uint8)
     else:
-        words = _np_empty(numel, enc.dtype)
+        words = memory.empty(numel, enc.dtype)
         out_c = words.numpy()
     a_w, b_w, top = npw(a), npw(b), float(enc.cells - 1)
 
@@ -916,7 +890,7 @@ def _decode_cpu(
     if q.device.type != "cpu" or (packbits and not _LITTLE):
         return None
     n_pts = lut.numel()
-    out = _np_empty(numel, lut.dtype)
+    out, reused = memory.new_output(numel, lut.dtype)
     esize = lut.element_size()
     if not packbits:
         flat = q.reshape(-1)
@@ -936,8 +910,10 @@ def _decode_cpu(
         return out
     per = codes_per_word(bits)
     words = q.reshape(-1).resolve_neg().contiguous().numpy()
-    if numel >= kernels.MIN_NUMEL and kernels.decode_words(words, lut, bits, numel, out):
-        return out
+    # streaming stores pay off in reused memory only (see kernels.streams)
+    with contextlib.nullcontext() if reused else kernels.plain_stores():
+        if numel >= kernels.MIN_NUMEL and kernels.decode_words(words, lut, bits, numel, out):
+            return out
     n_words = words.size
     if bits in (1, 2, 4, 8):
         per_byte = 8 // bits

@@ -496,8 +496,9 @@ if numba is not None:
 
     @jit(nogil=True)
     def _decode_simd_kernel(  # type: ignore[no-untyped-def]
-        words, table, mode, byte_codes, woff, shift, starts, span_words, mask, out, first, last
-    ):
+        words, table, mode, byte_codes, woff, shift, starts, span_words, mask, out, stream,
+        first, last,
+    ):  # fmt: skip
         steps = starts.size  # 16-lane steps per period of the word/lane pattern
         span = 16 * steps
         for q in range(first, last):
@@ -508,13 +509,15 @@ if numba is not None:
                 s = 16 * p
                 o = o0 + s
                 if byte_codes:
-                    simd.decode16_bytes_gather(words, w, table, out, o)
+                    simd.decode16_bytes_gather(words, w, table, out, o, stream)
                 elif mode == simd.PERM16:
-                    simd.decode16_perm16(words, w, woff, shift, s, mask, table, out, o)
+                    simd.decode16_perm16(words, w, woff, shift, s, mask, table, out, o, stream)
                 elif mode == simd.PERM32:
-                    simd.decode16_perm32(words, w, woff, shift, s, mask, table, out, o)
+                    simd.decode16_perm32(words, w, woff, shift, s, mask, table, out, o, stream)
                 else:
-                    simd.decode16_gather(words, w, woff, shift, s, mask, table, out, o)
+                    simd.decode16_gather(words, w, woff, shift, s, mask, table, out, o, stream)
+        if stream:
+            simd.store_fence()
 
     @jit(nogil=True)
     def _decode_tail_kernel(words, table, bits, start, numel, out):  # type: ignore[no-untyped-def]
@@ -718,7 +721,8 @@ def _decode_simd(
     mode = simd.lookup_mode(src.size)
     mask = np.uint64((1 << bits) - 1)
     starts64 = starts.astype(np.int64)
-    args = (words, table, mode, bits == 8, woff, shift, starts64, span_words, mask, out32)
+    stream = streams(out32)
+    args = (words, table, mode, bits == 8, woff, shift, starts64, span_words, mask, out32, stream)
     _run(_decode_simd_kernel, periods, *args)
     _decode_tail_kernel(words, table, bits, periods * span, numel, out32)
 

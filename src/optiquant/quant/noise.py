@@ -20,7 +20,7 @@ import functools
 import numpy as np
 import torch
 
-from optiquant.quant import kernels, simd
+from optiquant.quant import kernels, memory, simd
 
 __all__ = ["HashNoise", "hash_index", "noise_table"]
 
@@ -191,7 +191,7 @@ def add_noise(weight: torch.Tensor, amp: torch.Tensor, gs: int, noise: HashNoise
     :meth:`HashNoise.fused` to hold for ``weight``."""
     _require_fused(weight)
     flat = weight.detach().reshape(-1).contiguous()
-    out = torch.empty_like(flat)
+    out = memory.empty(flat.numel(), flat.dtype)
     args = (
         flat.numpy(),
         amp.detach().to(torch.float32).contiguous().numpy(),
@@ -215,7 +215,7 @@ def noise_backward(
     :meth:`HashNoise.fused` to hold for ``grad``."""
     _require_fused(grad)
     flat = grad.reshape(-1).contiguous()
-    gout = torch.empty_like(flat)
+    gout = memory.empty(flat.numel(), flat.dtype)
     narrow = gs in (1, 2, 4, 8)
     sums = torch.zeros(groups if narrow else 1, dtype=torch.float32)
     wide = np.zeros(1 if narrow else groups, dtype=np.float64)

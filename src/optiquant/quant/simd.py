@@ -128,6 +128,16 @@ if numba is not None:
         )
         return builder.call(perm2, [first, idx, second])
 
+    def _store16(builder: Any, vals: Any, ptr: Any, stream: Any) -> None:
+        """Store a 16-lane vector; where the i1 ``stream`` is set, as a 64-byte aligned
+        streaming store (it skips reading the cache line it overwrites)."""
+        with builder.if_else(stream) as (streaming, plain):
+            with streaming:
+                store = builder.store(vals, ptr, align=64)
+                store.set_metadata("nontemporal", builder.module.add_metadata([_I32(1)]))
+            with plain:
+                builder.store(vals, ptr, align=4)
+
     def _make_encode16(mode: int) -> Any:
         @intrinsic
         def encode16(typingctx, x, i, a, b, top, table, code, j):  # type: ignore[no-untyped-def]
@@ -164,17 +174,27 @@ if numba is not None:
 
     def _make_decode16(mode: int) -> Any:
         @intrinsic
-        def decode16(typingctx, words, w, woff, shift, p, mask, table, out, o):  # type: ignore[no-untyped-def]
+        def decode16(typingctx, words, w, woff, shift, p, mask, table, out, o, stream):  # type: ignore[no-untyped-def]
             """``out[o:o+16] = table[(words[w + woff[p+l]] >> shift[p+l]) & mask]``, l < 16.
 
-            ``words[w:w+8]`` must exist; ``woff`` entries lie in ``[0, 8)``.
+            ``words[w:w+8]`` must exist; ``woff`` entries lie in ``[0, 8)``. With
+            ``stream`` true, ``out[o]`` must be 64-byte aligned (a streaming store).
             """
             sig = types.void(
-                words, types.intp, woff, shift, types.intp, types.uint64, table, out, types.intp
+                words,
+                types.intp,
+                woff,
+                shift,
+                types.intp,
+                types.uint64,
+                table,
+                out,
+                types.intp,
+                types.boolean,
             )
 
             def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-                wds, wv, wof, shf, pv, mk, tab, outv, ov = args
+                wds, wv, wof, shf, pv, mk, tab, outv, ov, stream = args
                 eight = builder.load(
                     _ptr(context, builder, signature.args[0], wds, wv, _V8I64), align=8
                 )
@@ -198,9 +218,8 @@ if numba is not None:
                 vals = _lookup(
                     context, builder, mode, signature.args[6], tab, builder.trunc(codes, _V16I32)
                 )
-                builder.store(
-                    vals, _ptr(context, builder, signature.args[7], outv, ov, _V16I32), align=4
-                )
+                ptr = _ptr(context, builder, signature.args[7], outv, ov, _V16I32)
+                _store16(builder, vals, ptr, stream)
                 return context.get_dummy_value()
 
             return sig, codegen
@@ -233,21 +252,21 @@ if numba is not None:
 
     def _make_decode16_bytes(mode: int) -> Any:
         @intrinsic
-        def decode16_bytes(typingctx, words, w, table, out, o):  # type: ignore[no-untyped-def]
-            """``out[o:o+16] = table[c]`` for the sixteen 8-bit codes of ``words[w:w+2]``."""
-            sig = types.void(words, types.intp, table, out, types.intp)
+        def decode16_bytes(typingctx, words, w, table, out, o, stream):  # type: ignore[no-untyped-def]
+            """``out[o:o+16] = table[c]`` for the sixteen 8-bit codes of ``words[w:w+2]``
+            (``stream``: as in ``decode16``)."""
+            sig = types.void(words, types.intp, table, out, types.intp, types.boolean)
 
             def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-                wds, wv, tab, outv, ov = args
+                wds, wv, tab, outv, ov, stream = args
                 v16i8 = ir.VectorType(_I8, 16)
                 raw = builder.load(
                     _ptr(context, builder, signature.args[0], wds, wv, v16i8), align=1
                 )
                 codes = builder.zext(builder.shuffle_vector(raw, raw, _REVERSE8), _V16I32)
                 vals = _lookup(context, builder, mode, signature.args[2], tab, codes)
-                builder.store(
-                    vals, _ptr(context, builder, signature.args[3], outv, ov, _V16I32), align=4
-                )
+                ptr = _ptr(context, builder, signature.args[3], outv, ov, _V16I32)
+                _store16(builder, vals, ptr, stream)
                 return context.get_dummy_value()
 
             return sig, codegen
@@ -508,16 +527,6 @@ if numba is not None:
             return builder.call(fma, list(args))
 
         return sig, codegen
-
-    def _store16(builder: Any, vals: Any, ptr: Any, stream: Any) -> None:
-        """Store a 16-lane vector; where the i1 ``stream`` is set, as a 64-byte aligned
-        streaming store (it skips reading the cache line it overwrites)."""
-        with builder.if_else(stream) as (streaming, plain):
-            with streaming:
-                store = builder.store(vals, ptr, align=64)
-                store.set_metadata("nontemporal", builder.module.add_metadata([_I32(1)]))
-            with plain:
-                builder.store(vals, ptr, align=4)
 
     def _make_decode16_stream(bits: int, mode: int) -> Any:
         @intrinsic
