@@ -9,11 +9,12 @@ restrict functions to some ranks.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, TypeVar
 
 import torch
+
+from optiquant._env import env_number
 
 __all__ = [
     "WorldInfo",
@@ -52,16 +53,7 @@ def is_available() -> bool:
 
 
 def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"environment variable {name}: expected an integer, got {raw!r}") from None
-    if value < 0:
-        raise ValueError(f"environment variable {name}: expected a value >= 0, got {value}")
-    return value
+    return env_number(name, default, int)
 
 
 def worker_name(rank: int, world_size: int, name_format: str = "worker{rank}") -> str:

@@ -26,13 +26,14 @@ True
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from typing import NamedTuple
 
 import numpy as np
 import torch
+
+from optiquant._env import env_number
 
 __all__ = [
     "MIN_BYTES",
@@ -65,14 +66,7 @@ _NP_DTYPE = {
 
 
 def _limit_from_env() -> int:
-    text = os.environ.get("OPTIQUANT_CACHE_MB", "256").strip()
-    try:
-        megabytes = float(text)
-    except ValueError:
-        raise ValueError(f"OPTIQUANT_CACHE_MB must be a number of MiB, got {text!r}") from None
-    if megabytes < 0:
-        raise ValueError(f"OPTIQUANT_CACHE_MB must be >= 0, got {text!r}")
-    return int(megabytes * 2**20)
+    return int(env_number("OPTIQUANT_CACHE_MB", 256.0, float) * 2**20)
 
 
 class _Cache:
