@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 
 import numpy as np
@@ -132,3 +134,32 @@ def test_the_cached_block_is_the_tensors_memory() -> None:
     block = memory._cache.free[MiB][0]
     assert block.ctypes.data == address
     assert np.array_equal(block.view(np.float32), expected.numpy())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_allocates_while_a_parent_thread_held_the_lock() -> None:
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with memory._cache.lock:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(10)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: the holder thread does not exist here
+            signal.alarm(10)  # a deadlock ends the child instead of the test run
+            try:
+                t = memory.empty(MiB // 4, torch.float32)
+                del t
+                os._exit(0 if memory.cached_bytes() == MiB else 3)
+            except BaseException:
+                os._exit(4)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        release.set()
+        holder.join()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status

@@ -26,6 +26,7 @@ True
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from typing import NamedTuple
@@ -101,6 +102,16 @@ class _Cache:
 
 
 _cache = _Cache(_limit_from_env())
+
+
+def _after_fork_in_child() -> None:
+    # A thread of the parent may have held the lock when it forked; that thread does
+    # not exist in the child. The cached blocks are the child's own copies: keep them.
+    _cache.lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Output(NamedTuple):
