@@ -128,9 +128,15 @@ if numba is not None:
         )
         return builder.call(perm2, [first, idx, second])
 
-    def _store16(builder: Any, vals: Any, ptr: Any, stream: Any) -> None:
-        """Store a 16-lane vector; where the i1 ``stream`` is set, as a 64-byte aligned
-        streaming store (it skips reading the cache line it overwrites)."""
+    def _lookup_store16(
+        context: Any, builder: Any, mode: int, tab: tuple[Any, Any], codes: Any,
+        out: tuple[Any, Any], o: Any, stream: Any,
+    ) -> None:  # fmt: skip
+        """``out[o:o+16] = table[codes]`` for the (type, value) pairs ``tab`` and ``out``;
+        where the i1 ``stream`` is set, as a 64-byte aligned streaming store (it skips
+        reading the cache line it overwrites)."""
+        vals = _lookup(context, builder, mode, tab[0], tab[1], codes)
+        ptr = _ptr(context, builder, out[0], out[1], o, _V16I32)
         with builder.if_else(stream) as (streaming, plain):
             with streaming:
                 store = builder.store(vals, ptr, align=64)
@@ -215,11 +221,11 @@ if numba is not None:
                     _ptr(context, builder, signature.args[3], shf, pv, _V16I64), align=8
                 )
                 codes = builder.and_(builder.lshr(lanes, sh), _splat(builder, mk, _V16I64))
-                vals = _lookup(
-                    context, builder, mode, signature.args[6], tab, builder.trunc(codes, _V16I32)
+                aty = signature.args
+                small = builder.trunc(codes, _V16I32)
+                _lookup_store16(
+                    context, builder, mode, (aty[6], tab), small, (aty[7], outv), ov, stream
                 )
-                ptr = _ptr(context, builder, signature.args[7], outv, ov, _V16I32)
-                _store16(builder, vals, ptr, stream)
                 return context.get_dummy_value()
 
             return sig, codegen
@@ -264,9 +270,10 @@ if numba is not None:
                     _ptr(context, builder, signature.args[0], wds, wv, v16i8), align=1
                 )
                 codes = builder.zext(builder.shuffle_vector(raw, raw, _REVERSE8), _V16I32)
-                vals = _lookup(context, builder, mode, signature.args[2], tab, codes)
-                ptr = _ptr(context, builder, signature.args[3], outv, ov, _V16I32)
-                _store16(builder, vals, ptr, stream)
+                aty = signature.args
+                _lookup_store16(
+                    context, builder, mode, (aty[2], tab), codes, (aty[3], outv), ov, stream
+                )
                 return context.get_dummy_value()
 
             return sig, codegen
@@ -550,8 +557,9 @@ if numba is not None:
                 codes = builder.and_(
                     builder.lshr(lanes, shifts), ir.Constant(_V16I32, [(1 << bits) - 1] * 16)
                 )
-                vals = _lookup(context, builder, mode, aty[2], tab, codes)
-                _store16(builder, vals, _ptr(context, builder, aty[3], outv, ov, _V16I32), stream)
+                _lookup_store16(
+                    context, builder, mode, (aty[2], tab), codes, (aty[3], outv), ov, stream
+                )
                 return context.get_dummy_value()
 
             return sig, codegen
