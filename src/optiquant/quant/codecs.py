@@ -14,7 +14,6 @@ and codes ``c = round((w - lo) / (hi - lo) * (2**b - 1))``, decoded as
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 
 import torch
@@ -322,8 +321,7 @@ def _decode_with(
         buf, reused = memory.new_output(enc.numel, cdt)
     else:
         buf, reused = torch.empty(enc.numel, dtype=cdt, device=device), False
-    # streaming stores pay off in reused memory only (see kernels.streams)
-    with contextlib.nullcontext() if reused else kernels.plain_stores():
+    with kernels.stores_for(reused):
         fill(buf)
     value = buf.view(enc.shape).to(enc.dtype)
     if out is None:

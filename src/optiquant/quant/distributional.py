@@ -25,7 +25,6 @@ input's dtype and device are kept.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 from collections.abc import Callable
@@ -910,8 +909,7 @@ def _decode_cpu(
         return out
     per = codes_per_word(bits)
     words = q.reshape(-1).resolve_neg().contiguous().numpy()
-    # streaming stores pay off in reused memory only (see kernels.streams)
-    with contextlib.nullcontext() if reused else kernels.plain_stores():
+    with kernels.stores_for(reused):
         if numel >= kernels.MIN_NUMEL and kernels.decode_words(words, lut, bits, numel, out):
             return out
     n_words = words.size

@@ -127,6 +127,23 @@ def plain_stores() -> Iterator[None]:
 
 
 @contextmanager
+def stores_for(reused: bool) -> Iterator[None]:
+    """Within the block, streaming stores only where the output's memory was written
+    before (``reused``, see :class:`optiquant.quant.memory.Output`); plain stores into
+    new memory, where streaming stores are slower (:func:`streams`).
+
+    >>> with stores_for(False):
+    ...     streams(np.empty(1 << 20, dtype=np.float32))
+    False
+    """
+    if reused:
+        yield
+        return
+    with plain_stores():
+        yield
+
+
+@contextmanager
 def disabled() -> Iterator[None]:
     """Within the block (in this thread), use the fallback paths instead of the kernels.
 
