@@ -419,11 +419,20 @@ def _grouped_case(n: int, group_size: int, seed: int, low: int = 1, high: int = 
 
 
 @needs_vector
+@pytest.mark.parametrize("byte_steps", [True, False], ids=["grouped8", "scalar"])
 @pytest.mark.parametrize(
-    ("n", "group_size"), [(2**20, 8), (70_001, 8), (100_000, 16), (5_000, 24), (8, 8)]
+    ("n", "group_size", "low"),
+    [(2**20, 8, 1), (70_001, 8, 1), (100_000, 16, 1), (5_000, 24, 1), (8, 8, 1), (40_000, 8, 0)],
 )
-def test_grouped_decode_equals_the_affine_values(n: int, group_size: int) -> None:
-    codes, widths, data = _grouped_case(n, group_size, seed=n)
+def test_grouped_decode_equals_the_affine_values(
+    n: int, group_size: int, low: int, byte_steps: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both decoders (the AVX-512 VBMI step and the scalar units) against the formula,
+    with partial last groups, groups of several units, and empty (0-bit) groups."""
+    if byte_steps and not simd.byte_steps_supported():
+        pytest.skip("this CPU lacks AVX-512BW or VBMI")
+    monkeypatch.setattr(simd, "_BYTE_STEPS", byte_steps)
+    codes, widths, data = _grouped_case(n, group_size, seed=n, low=low)
     steps = torch.rand(17, generator=torch.Generator().manual_seed(1))
     out = np.empty(n, dtype=np.float32)
     kernels.decode_grouped(data.numpy(), widths.numpy(), group_size, steps.numpy(), -0.75, out)
@@ -468,3 +477,29 @@ def test_grouped_decode_rejects_bad_arguments() -> None:
     wide[0] = 17
     with pytest.raises(ValueError, match="exceed 16 bits"):
         kernels.decode_grouped(data.numpy(), wide, 8, steps, 0.0, out)
+
+
+@needs_vector
+def test_grouped_vector_reads_stay_inside_the_stream() -> None:
+    """The rank limit per width: every unit below it reads 8 bytes inside the data in
+    each of its slices; the first unit at it would read past the end."""
+    for seed, group_size in [(0, 8), (1, 16), (2, 8)]:
+        _, widths, data = _grouped_case(3_000 + 8 * seed, group_size, seed=seed)
+        counts = np.bincount(widths.numpy(), minlength=17)
+        start, adv, *_, size = kernels._grouped_slots(counts, group_size)
+        assert size == data.numel()
+        _, lim = kernels._grouped_tables(start, adv, size)
+        assert lim[0] == 0  # width 0 never goes through the vector step
+        for w in range(1, 17):
+            units = counts[w] * group_size // 8
+            if not units:
+                continue
+            last_read = [start[w, k] + (lim[w] - 1) * adv[w, k] + 8 for k in range(4) if adv[w, k]]
+            if lim[w] <= units:  # some unit of this width stays scalar
+                assert max(last_read) <= size
+                assert any(
+                    start[w, k] + lim[w] * adv[w, k] + 8 > size for k in range(4) if adv[w, k]
+                )
+            else:
+                ends = [start[w, k] + (units - 1) * adv[w, k] + 8 for k in range(4) if adv[w, k]]
+                assert max(ends) <= size

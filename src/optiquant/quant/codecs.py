@@ -637,7 +637,12 @@ class GroupedCodec(Codec):
                 widths = self.packed_widths(enc)
                 if groups and int(widths.max()) > MAX_BITS:
                     raise FormatError(f"'grouped' widths exceed {MAX_BITS} bits")
-                expected = grouped_nbytes(widths, gs)
+                # whole bytes per group and slice: the stream holds gs / 8 bytes per bit
+                if gs % 8 == 0:
+                    total = widths.sum(dtype=torch.int32 if groups < 2**26 else torch.int64)
+                    expected = gs // 8 * int(total)
+                else:
+                    expected = grouped_nbytes(widths, gs)
             self.require(enc, "codes", (torch.uint8,), expected)
         else:
             self.require(enc, "codes", _CODE_DTYPES, groups * gs)

@@ -63,6 +63,7 @@ _BLOCK = 2048  # values per block: the block's scratch arrays stay in the L1/L2 
 _MAX_WORKERS = 8
 _MIN_ITEMS = 16  # blocks or word groups a worker gets at least
 _MIN_GROUPS = 8192  # groups of codes a worker gets at least
+_GROUP_BLOCK = 1024  # groups ranked, then decoded, at a time (a multiple of 16)
 MAX_WIDTH = 16  # the widest code of a grouped stream
 _local = threading.local()
 
@@ -352,40 +353,86 @@ if numba is not None:
         return total, weighted
 
     @jit(nogil=True)
-    def _grouped_kernel(  # type: ignore[no-untyped-def]
-        data, widths, sub, start, adv, mask, shift, high, steps, base, out, obase, first, last
-    ):
-        """Decode groups ``first`` to ``last - 1`` of a bucketed grouped stream (see
-        :func:`decode_grouped`); group ``g``'s values go to ``out[g * 8 * sub - obase:]``."""
-        cur = start.copy()
-        seen = np.zeros(start.shape[0], dtype=np.int64)
-        for g in range(first):  # where each bucket's cursor stands at group ``first``
-            seen[widths[g]] += 1
-        for w in range(start.shape[0]):
-            for k in range(4):
-                cur[w, k] += seen[w] * sub * adv[w, k]
+    def _grouped_unit(data, w, rank, start, adv, mask, shift, high, step, base, out, o):  # type: ignore[no-untyped-def]
+        """``out[o:o+8]``: the eight codes of the unit of rank ``rank`` in width ``w``'s
+        streams, one slice at a time (scalar bit deposits; any position in ``data``)."""
         size = data.size
-        for g in range(first, last):
-            w = widths[g]
-            step = steps[w]
-            o = g * sub * 8 - obase
-            for j in range(sub):
-                low = np.uint64(0)
-                hi = np.uint64(0)
-                for k in range(4):
-                    c = cur[w, k] + j * adv[w, k]
-                    if c + 8 <= size:
-                        raw = simd.load_le64(data, c)
-                    else:  # the last bytes of the stream
-                        raw = np.uint64(0)
-                        for b in range(max(size - c, 0)):
-                            raw |= np.uint64(data[c + b]) << np.uint64(8 * b)
-                    f = simd.pdep64(raw, mask[w, k]) << shift[w, k]
-                    hi |= f & high[w, k]
-                    low |= f & ~high[w, k]
-                simd.store8_affine(low, hi, step, base, out, o + 8 * j)
-            for k in range(4):
-                cur[w, k] += sub * adv[w, k]
+        low = np.uint64(0)
+        hi = np.uint64(0)
+        for k in range(4):
+            c = start[w, k] + rank * adv[w, k]
+            if c + 8 <= size:
+                raw = simd.load_le64(data, c)
+            else:  # the last bytes of the stream
+                raw = np.uint64(0)
+                for b in range(max(size - c, 0)):
+                    raw |= np.uint64(data[c + b]) << np.uint64(8 * b)
+            f = simd.pdep64(raw, mask[w, k]) << shift[w, k]
+            hi |= f & high[w, k]
+            low |= f & ~high[w, k]
+        simd.store8_affine(low, hi, step, base, out, o)
+
+    @jit(nogil=True)
+    def _grouped_groups(  # type: ignore[no-untyped-def]
+        data, widths, sub, slots, tabs, lim, steps, steps16, base, vector, stream, out, obase,
+        gfirst, glast,
+    ):  # fmt: skip
+        """Decode groups ``gfirst`` to ``glast - 1`` of a bucketed grouped stream (see
+        :func:`decode_grouped`); group ``g``'s values go to ``out[g * 8 * sub - obase:]``.
+
+        By blocks of ``_GROUP_BLOCK`` groups: a scalar pass ranks each unit of 8 codes
+        in its width's streams, then (``vector``) ``simd.grouped8`` decodes the units
+        eight at a time, where every read stays inside ``data`` (rank below ``lim``)."""
+        start, adv, mask, shift, high = slots
+        count = np.zeros(start.shape[0], dtype=np.int64)
+        for g in range(gfirst):  # each width's rank at group ``gfirst``
+            count[widths[g]] += 1
+        rank = np.empty(_GROUP_BLOCK, dtype=np.int64)
+        units = _GROUP_BLOCK * sub if sub > 1 else 0  # per-unit copies, for sub > 1
+        uw = np.empty(units, dtype=np.uint8)
+        ur = np.empty(units, dtype=np.int64)
+        for g0 in range(gfirst, glast, _GROUP_BLOCK):
+            n = min(g0 + _GROUP_BLOCK, glast) - g0
+            outside = 0
+            for i in range(n):
+                w = widths[g0 + i]
+                r = count[w]
+                count[w] = r + 1
+                outside |= (r + 1) * sub > lim[w]
+                rank[i] = r
+            o = g0 * 8 * sub - obase
+            nvec = n * sub - n * sub % 8 if vector and not outside else 0
+            if sub == 1:
+                for b in range(0, nvec, 8):
+                    simd.grouped8(
+                        data, tabs, widths, g0 + b, rank, b, steps16, base, out, o + 8 * b, stream
+                    )
+            elif nvec:
+                for i in range(n):
+                    for j in range(sub):
+                        uw[i * sub + j] = widths[g0 + i]
+                        ur[i * sub + j] = rank[i] * sub + j
+                for b in range(0, nvec, 8):
+                    simd.grouped8(data, tabs, uw, b, ur, b, steps16, base, out, o + 8 * b, stream)
+            for v in range(nvec, n * sub):
+                w = widths[g0 + v // sub]
+                r = rank[v // sub] * sub + v % sub
+                _grouped_unit(
+                    data, w, r, start, adv, mask, shift, high, steps[w], base, out, o + 8 * v
+                )
+        if stream:
+            simd.store_fence()
+
+    @jit(nogil=True)
+    def _grouped_kernel(  # type: ignore[no-untyped-def]
+        data, widths, sub, slots, tabs, lim, steps, steps16, base, vector, stream, out, first, last
+    ):
+        """:func:`_grouped_groups` over blocks ``first`` to ``last - 1`` of whole groups."""
+        full = out.size // (8 * sub)
+        _grouped_groups(
+            data, widths, sub, slots, tabs, lim, steps, steps16, base, vector, stream, out, 0,
+            first * _GROUP_BLOCK, min(last * _GROUP_BLOCK, full),
+        )  # fmt: skip
 
     @jit(nogil=True)
     def _affine_codes_kernel(x, lo, inv, group_size, out, first, last):  # type: ignore[no-untyped-def]
@@ -828,6 +875,33 @@ _SPREAD = {
     2: 0x0303030303030303,
     1: 0x0101010101010101,
 }
+_SLICE_CONSTANTS: dict[str, np.ndarray] = {}
+
+
+def _slice_constants() -> dict[str, np.ndarray]:
+    """Per width ``w`` (0..16) and slice slot ``k`` (0..3) of :func:`optiquant.io.pack_groups`'s
+    layout: the slice's width (0: none), its deposit mask, shift in its byte, high-byte
+    flag, and the multishift controls and field masks of ``simd.grouped8``."""
+    if not _SLICE_CONSTANTS:
+        from optiquant.io.bitpack import _slices
+
+        shape = (MAX_WIDTH + 1, 4)
+        names = ("mask", "shift", "high", "ctrl", "field")
+        c = {k: np.zeros(shape, dtype=np.uint64) for k in names}
+        c["width"] = np.zeros(shape, dtype=np.int64)
+        for w in range(1, MAX_WIDTH + 1):
+            for k, (offset, width) in enumerate(_slices(w)):
+                sh = offset % 8
+                c["width"][w, k] = width
+                c["mask"][w, k] = _SPREAD[width]
+                c["shift"][w, k] = sh
+                c["high"][w, k] = 0xFFFFFFFFFFFFFFFF if offset >= 8 else 0
+                c["ctrl"][w, k] = sum(((j * width - sh) % 64) << (8 * j) for j in range(8))
+                c["field"][w, k] = (((1 << width) - 1) << sh) * 0x0101010101010101
+        log_width = np.log2(np.maximum(c["width"], 1)).astype(np.int64)
+        _SLICE_CONSTANTS.update(c)
+        _SLICE_CONSTANTS["meta"] = (log_width << 56) | np.where(c["high"] != 0, 1 << 62, 0)
+    return _SLICE_CONSTANTS
 
 
 def _grouped_slots(
@@ -836,25 +910,16 @@ def _grouped_slots(
     """Per width and slice: start byte of the slice stream, bytes per 8 codes, the
     deposit mask spreading 8 fields into 8 bytes, the shift in the byte, whether the
     slice lands in the high byte; and the total stream size."""
-    from optiquant.io.bitpack import _slices
-
-    start = np.zeros((counts.size, 4), dtype=np.int64)
-    adv = np.zeros((counts.size, 4), dtype=np.int64)
-    mask = np.zeros((counts.size, 4), dtype=np.uint64)
-    shift = np.zeros((counts.size, 4), dtype=np.uint64)
-    high = np.zeros((counts.size, 4), dtype=np.uint64)
-    pos = 0
-    for w in range(1, counts.size):
-        if not counts[w]:
-            continue
-        for k, (offset, width) in enumerate(_slices(w)):
-            start[w, k] = pos
-            pos += int(counts[w]) * codes_per_group * width // 8
-            adv[w, k] = width
-            mask[w, k] = _SPREAD[width]
-            shift[w, k] = offset % 8
-            high[w, k] = 0xFFFFFFFFFFFFFFFF if offset >= 8 else 0
-    return start, adv, mask, shift, high, pos
+    c = _slice_constants()
+    used = (counts[:, None] > 0) & (c["width"] > 0)
+    adv = np.where(used, c["width"], 0)
+    sizes = counts[:, None].astype(np.int64) * codes_per_group * adv // 8
+    flat = sizes.reshape(-1)
+    start = (np.cumsum(flat) - flat).reshape(sizes.shape)
+    start[~used] = 0
+    zero = np.uint64(0)
+    mask, shift, high = (np.where(used, c[k], zero) for k in ("mask", "shift", "high"))
+    return start, adv, mask, shift, high, int(flat.sum())
 
 
 def decode_grouped(
@@ -871,8 +936,8 @@ def decode_grouped(
 
     ``group_size`` must be a multiple of 8 (whole bytes per group and slice),
     ``out`` float32 with at most ``len(widths) * group_size`` entries (a partial
-    last group), ``steps`` float32 with an entry per width (0..16). Needs the
-    vector kernels (:func:`vectorized`).
+    last group), ``steps`` float32 with an entry per width (0..16). Needs the vector
+    kernels (:func:`vectorized`).
 
     >>> from optiquant.io import pack_groups
     >>> codes, widths = torch.arange(16) % 4, torch.tensor([2, 3], dtype=torch.uint8)
@@ -898,20 +963,41 @@ def decode_grouped(
         raise ValueError(f"out and steps must be float32, steps with {MAX_WIDTH + 1} entries")
     if not (groups - 1) * group_size < out.size <= groups * group_size:
         raise ValueError(f"out has {out.size} entries, not what {groups} groups hold")
-    counts = np.bincount(widths, minlength=MAX_WIDTH + 1)
+    counts = torch.bincount(torch.from_numpy(widths), minlength=MAX_WIDTH + 1).numpy()
     if counts.size > MAX_WIDTH + 1:
         raise ValueError(f"widths exceed {MAX_WIDTH} bits")
     slots = _grouped_slots(counts, group_size)
     if slots[-1] != data.size:
         raise ValueError(f"data has {data.size} bytes, the widths need {slots[-1]}")
     sub = group_size // 8
-    args = (data, widths, sub, *slots[:-1], steps, np.float32(base))
+    vector = simd.byte_steps_supported()
+    tabs, lim = _grouped_tables(slots[0], slots[1], data.size)
+    steps16 = np.ascontiguousarray(steps[1:])
     full = out.size // group_size
-    run_split(_grouped_kernel, full, _MIN_GROUPS, *args, out, 0)
+    args = (data, widths, sub, slots[:-1], tabs, lim, steps, steps16, np.float32(base), vector)
+    blocks = -(-full // _GROUP_BLOCK)
+    run_split(_grouped_kernel, blocks, _MIN_GROUPS // _GROUP_BLOCK, *args, streams(out), out)
     if full < groups:  # a partial last group, decoded aside
         last = np.empty(group_size, dtype=np.float32)
-        _grouped_kernel(*args, last, full * group_size, full, groups)
+        _grouped_groups(*args, False, last, full * group_size, full, groups)
         out[full * group_size :] = last[: out.size - full * group_size]
+
+
+def _grouped_tables(start: np.ndarray, adv: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The tables of ``simd.grouped8`` for :func:`_grouped_slots`'s slices, and per
+    width the first unit rank whose reads would pass the end of a ``size``-byte stream
+    (0 for width 0, which the vector step cannot index: its units stay scalar)."""
+    c = _slice_constants()
+    used = adv > 0
+    tabs = np.zeros((4, 3, 16), dtype=np.int64)
+    tabs[:, 0] = np.where(used, start | c["meta"], 0)[1:].T
+    tabs[:, 1] = np.where(used, c["ctrl"], np.uint64(0))[1:].T.view(np.int64)
+    tabs[:, 2] = np.where(used, c["field"], np.uint64(0))[1:].T.view(np.int64)
+    room = size - 8 - start
+    first_out = np.where(room >= 0, room // np.maximum(adv, 1) + 1, 0)
+    lim = np.where(used, first_out, np.iinfo(np.int64).max).min(axis=1)
+    lim[0] = 0
+    return tabs.reshape(-1), lim
 
 
 def _check_codes_out(x: np.ndarray, out: np.ndarray) -> None:

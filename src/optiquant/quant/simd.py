@@ -17,7 +17,9 @@ DiffQ's table noise (:mod:`optiquant.quant.noise`), ``decode16_stream_*`` decode
 the low-bits-first byte streams of :func:`optiquant.io.pack_bits`, and
 ``extremes_scan`` finds per-lane minima and maxima with their positions,
 ``fingerprint_scan`` keeps the per-lane running sums of a content fingerprint,
-and ``load_le64``/``pdep64``/``store8_affine`` decode DiffQ's grouped codes.
+and ``load_le64``/``pdep64``/``store8_affine`` decode DiffQ's grouped codes one
+unit of eight at a time, ``grouped8`` eight units at once (with AVX-512BW and VBMI as
+well: :func:`byte_steps_supported`).
 
 Lookups use a register permute for tables of at most 16 or 32 entries and a
 hardware gather otherwise (one variant per ``mode``: :data:`PERM16`,
@@ -72,6 +74,17 @@ def _host_has_avx512() -> bool:
 _SUPPORTED = _host_has_avx512()
 
 
+def _host_has(*features: str) -> bool:
+    try:
+        found = _llvm.get_host_cpu_features()
+    except RuntimeError:  # pragma: no cover - host features unknown
+        return False
+    return all(found.get(name, False) for name in features)
+
+
+_BYTE_STEPS = _SUPPORTED and _host_has("avx512bw", "avx512vbmi")
+
+
 def supported() -> bool:
     """Whether the vector steps can run here (numba installed, AVX-512F, host target).
 
@@ -81,6 +94,16 @@ def supported() -> bool:
     True
     """
     return _SUPPORTED
+
+
+def byte_steps_supported() -> bool:
+    """Whether the steps that also need AVX-512BW and VBMI (per-byte bit fields:
+    ``grouped8``) can run here, on top of :func:`supported`.
+
+    >>> byte_steps_supported() <= supported()
+    True
+    """
+    return _BYTE_STEPS
 
 
 if numba is not None:
@@ -524,6 +547,115 @@ if numba is not None:
 
         return sig, codegen
 
+    def _permute_q(builder: Any, tab: tuple[Any, Any], idx: Any) -> Any:
+        """``tab[idx]`` for a 16-entry qword table held in two <8 x i64> halves."""
+        perm = _declare(
+            builder, "llvm.x86.avx512.vpermi2var.q.512", _V8I64, [_V8I64, _V8I64, _V8I64]
+        )
+        return builder.call(perm, [tab[0], idx, tab[1]])
+
+    @intrinsic
+    def _grouped8(typingctx, data, tabs, uw, pw, ur, pr, steps, base, out, o, stream):  # type: ignore[no-untyped-def]
+        """Decode eight units of eight codes of a grouped stream (see
+        :func:`optiquant.quant.kernels.decode_grouped`): unit ``u < 8`` has width
+        ``w = uw[pw+u]`` (1..16) and rank ``ur[pr+u]`` in its width's streams, and
+        ``out[o+8u+j] = float(code_j) * steps[w-1] + base`` (two roundings).
+
+        ``tabs`` (int64, 192 entries) holds per slice slot ``k < 4`` three 16-entry
+        tables indexed by ``w - 1``: at ``48k`` the slice's stream start, with the
+        log2 of its bytes per unit at bit 56 and a high-byte flag at bit 62; at
+        ``48k+16`` the eight bit-offset controls that put each field in place in its
+        byte (VBMI multishift); at ``48k+32`` the mask of those fields (0: no slice).
+        Every read ``data[a:a+8]`` must lie inside ``data``. With ``stream`` true,
+        ``out[o]`` must be 64-byte aligned (streaming stores)."""
+        sig = types.void(
+            data, tabs, uw, types.intp, ur, types.intp, steps, types.float32, out, types.intp,
+            types.boolean,
+        )  # fmt: skip
+
+        def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+            dv, tv, uwv, pwv, urv, prv, stv, basev, outv, ov, stream = args
+            aty = signature.args
+            v8i8, v64i8 = ir.VectorType(_I8, 8), ir.VectorType(_I8, 64)
+            widths = builder.load(_ptr(context, builder, aty[2], uwv, pwv, v8i8), align=1)
+            idx = builder.sub(builder.zext(widths, _V8I64), ir.Constant(_V8I64, [1] * 8))
+            rank = builder.load(_ptr(context, builder, aty[4], urv, prv, _V8I64), align=8)
+
+            def table(at: int) -> Any:
+                halves = [
+                    builder.load(
+                        _ptr(context, builder, aty[1], tv, _I64(at + 8 * h), _V8I64), align=8
+                    )
+                    for h in (0, 1)
+                ]
+                return _permute_q(builder, (halves[0], halves[1]), idx)
+
+            gather = _declare(
+                builder,
+                "llvm.x86.avx512.mask.gather.qpq.512",
+                _V8I64,
+                [_V8I64, _I8.as_pointer(), _V8I64, ir.VectorType(_I1, 8), _I32],
+            )
+            shift = _declare(builder, "llvm.x86.avx512.pmultishift.qb.512", v64i8, [v64i8, v64i8])
+            base_ptr = _ptr(context, builder, aty[0], dv, _I64(0), _I8)
+            zero = ir.Constant(_V8I64, [0] * 8)
+            low, high = zero, zero
+            for k in range(4):
+                meta, ctrl, fmask = (table(48 * k + 16 * t) for t in range(3))
+                start = builder.and_(meta, ir.Constant(_V8I64, [(1 << 56) - 1] * 8))
+                log_adv = builder.and_(
+                    builder.lshr(meta, ir.Constant(_V8I64, [56] * 8)), ir.Constant(_V8I64, [3] * 8)
+                )
+                addr = builder.add(start, builder.shl(rank, log_adv))
+                present = builder.icmp_unsigned("!=", fmask, zero)
+                raw = builder.call(gather, [zero, base_ptr, addr, present, _I32(1)])
+                fields = builder.call(
+                    shift, [builder.bitcast(ctrl, v64i8), builder.bitcast(raw, v64i8)]
+                )
+                fields = builder.and_(builder.bitcast(fields, _V8I64), fmask)
+                is_high = builder.icmp_unsigned(
+                    "!=", builder.and_(meta, ir.Constant(_V8I64, [1 << 62] * 8)), zero
+                )
+                high = builder.or_(high, builder.select(is_high, fields, zero))
+                low = builder.or_(low, builder.select(is_high, zero, fields))
+            # code (u, j): low byte low[8u + j], high byte high[8u + j]
+            both = builder.shuffle_vector(
+                builder.bitcast(low, v64i8),
+                builder.bitcast(high, v64i8),
+                ir.Constant(ir.VectorType(_I32, 128), [i // 2 + 64 * (i % 2) for i in range(128)]),
+            )
+            v64i32, v64f32 = ir.VectorType(_I32, 64), ir.VectorType(_F32, 64)
+            codes = builder.zext(builder.bitcast(both, ir.VectorType(ir.IntType(16), 64)), v64i32)
+            table16 = builder.load(_ptr(context, builder, aty[6], stv, _I64(0), _V16F32), align=4)
+            idx16 = builder.shuffle_vector(
+                builder.trunc(idx, _V8I32),
+                builder.trunc(idx, _V8I32),
+                ir.Constant(_V16I32, [i % 8 for i in range(16)]),
+            )
+            permps = _declare(
+                builder, "llvm.x86.avx512.permvar.sf.512", _V16F32, [_V16F32, _V16I32]
+            )
+            unit_steps = builder.call(permps, [table16, idx16])
+            steps64 = builder.shuffle_vector(
+                unit_steps, unit_steps, ir.Constant(v64i32, [i // 8 for i in range(64)])
+            )
+            vals = builder.fmul(builder.sitofp(codes, v64f32), steps64)
+            vals = builder.fadd(vals, _splat(builder, basev, v64f32))
+            for q in range(4):
+                part = builder.shuffle_vector(
+                    vals, vals, ir.Constant(_V16I32, [16 * q + i for i in range(16)])
+                )
+                ptr = _ptr(context, builder, aty[8], outv, builder.add(ov, _I64(16 * q)), _V16F32)
+                with builder.if_else(stream) as (streaming, plain):
+                    with streaming:
+                        store = builder.store(part, ptr, align=64)
+                        store.set_metadata("nontemporal", builder.module.add_metadata([_I32(1)]))
+                    with plain:
+                        builder.store(part, ptr, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
     @intrinsic
     def _fma32(typingctx, a, b, c):  # type: ignore[no-untyped-def]
         """``a * b + c`` in float32 with one rounding."""
@@ -584,6 +716,7 @@ if numba is not None:
     load_le64: Any = _load_le64
     pdep64: Any = _pdep64
     store8_affine: Any = _store8_affine
+    grouped8: Any = _grouped8
     fma32: Any = _fma32
     noise_backward16_1: Any = _make_noise_backward16(1)
     noise_backward16_2: Any = _make_noise_backward16(2)
