@@ -486,9 +486,9 @@ def test_grouped_vector_reads_stay_inside_the_stream() -> None:
     for seed, group_size in [(0, 8), (1, 16), (2, 8)]:
         _, widths, data = _grouped_case(3_000 + 8 * seed, group_size, seed=seed)
         counts = np.bincount(widths.numpy(), minlength=17)
-        start, adv, *_, size = kernels._grouped_slots(counts, group_size)
+        geo, _, lim, size = kernels._grouped_layout(counts, group_size, data.numel())
         assert size == data.numel()
-        _, lim = kernels._grouped_tables(start, adv, size)
+        start, adv = geo[0], geo[1]
         assert lim[0] == 0  # width 0 never goes through the vector step
         for w in range(1, 17):
             units = counts[w] * group_size // 8
@@ -503,3 +503,54 @@ def test_grouped_vector_reads_stay_inside_the_stream() -> None:
             else:
                 ends = [start[w, k] + (units - 1) * adv[w, k] + 8 for k in range(4) if adv[w, k]]
                 assert max(ends) <= size
+
+
+@needs_vector
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32])
+@pytest.mark.parametrize(("groups", "group_size"), [(1, 8), (3, 16), (5_000, 8), (2_000, 24)])
+def test_pack_grouped_equals_pack_groups(dtype: type, groups: int, group_size: int) -> None:
+    """The compiled grouped packer writes pack_groups' stream byte for byte, with empty
+    (0-bit) groups, full 16-bit groups and bits above a group's width dropped."""
+    from optiquant.io import pack_groups
+
+    gen = np.random.default_rng(groups + group_size)
+    top = {np.uint8: 8, np.int16: 15, np.int32: 16}[dtype]
+    widths = gen.integers(0, top + 1, groups).astype(np.uint8)
+    limit = (1 << widths.astype(np.int64)).repeat(group_size)
+    codes = (gen.integers(0, 2**16, groups * group_size) % limit).astype(dtype)
+    expected = pack_groups(torch.from_numpy(codes), torch.from_numpy(widths), group_size)
+    assert np.array_equal(kernels.pack_grouped(codes, widths, group_size), expected.numpy())
+    noisy = codes | (~((limit - 1).astype(dtype)) & np.array(0x5A5A, dtype=np.int64).astype(dtype))
+    assert np.array_equal(kernels.pack_grouped(noisy, widths, group_size), expected.numpy())
+
+
+@needs_vector
+def test_pack_grouped_rejects_bad_arguments() -> None:
+    codes, widths = np.zeros(16, np.uint8), np.ones(2, np.uint8)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        kernels.pack_grouped(codes, widths, 4)
+    with pytest.raises(ValueError, match="uint8, int16 or int32"):
+        kernels.pack_grouped(codes.astype(np.int64), widths, 8)
+    with pytest.raises(ValueError, match="one per group"):
+        kernels.pack_grouped(codes, np.ones(3, np.uint8), 8)
+    with pytest.raises(ValueError, match="exceed 16 bits"):
+        kernels.pack_grouped(codes, np.array([1, 17], np.uint8), 8)
+
+
+@needs_vector
+@pytest.mark.parametrize(("low", "high"), [(2, 8), (2, 15), (16, 16)])
+def test_grouped_codec_packs_the_same_with_the_kernel(
+    low: int, high: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from optiquant.quant.codecs import GroupedCodec, encode_grouped
+
+    calls = []
+    pack = kernels.pack_grouped
+    monkeypatch.setattr(kernels, "pack_grouped", lambda *a: calls.append(1) or pack(*a))
+    w = _randn(2**17 + 40, seed=low)
+    gen = torch.Generator().manual_seed(high)
+    widths = torch.randint(low, high + 1, (-(-w.numel() // 8),), generator=gen)
+    enc = encode_grouped(w, widths, 8)
+    fast, slow = _both(lambda: GroupedCodec().pack(enc).tensors["codes"])
+    assert calls == [1]  # the kernel packed the first, not the second
+    assert torch.equal(fast, slow)

@@ -601,6 +601,22 @@ def decode_grouped_codes(
     )
 
 
+def _pack_grouped_codes(codes: torch.Tensor, widths: torch.Tensor, gs: int) -> torch.Tensor:
+    """:func:`~optiquant.io.pack_groups` of codes known to fit their widths (one compiled
+    pass on the CPU where the kernels run)."""
+    if (
+        gs % 8 == 0
+        and codes.dtype in (torch.uint8, torch.int16, torch.int32)
+        and widths.dtype == torch.uint8
+        and codes.device.type == "cpu"
+        and codes.numel() >= kernels.MIN_NUMEL
+        and kernels.vectorized(torch.float32)
+    ):
+        flat = codes.reshape(-1).contiguous().numpy()
+        return torch.from_numpy(kernels.pack_grouped(flat, widths.contiguous().numpy(), gs))
+    return pack_groups(codes, widths, gs, check=False)
+
+
 class GroupedCodec(Codec):
     """Per-tensor min-max range, one width per group of ``meta["group_size"]`` codes.
 
@@ -660,7 +676,7 @@ class GroupedCodec(Codec):
         else:
             low = high = 1
         wbits = 0 if high == low else bits_needed(high - low)
-        codes = pack_groups(enc.tensors["codes"], widths, gs, check=False)
+        codes = _pack_grouped_codes(enc.tensors["codes"], widths, gs)
         packed_widths = (
             pack_bits(widths - low, wbits, check=False)
             if wbits

@@ -353,38 +353,38 @@ if numba is not None:
         return total, weighted
 
     @jit(nogil=True)
-    def _grouped_unit(data, w, rank, start, adv, mask, shift, high, step, base, out, o):  # type: ignore[no-untyped-def]
+    def _grouped_unit(data, w, rank, geo, step, base, out, o):  # type: ignore[no-untyped-def]
         """``out[o:o+8]``: the eight codes of the unit of rank ``rank`` in width ``w``'s
         streams, one slice at a time (scalar bit deposits; any position in ``data``)."""
         size = data.size
         low = np.uint64(0)
         hi = np.uint64(0)
         for k in range(4):
-            c = start[w, k] + rank * adv[w, k]
+            c = geo[0, w, k] + rank * geo[1, w, k]
             if c + 8 <= size:
                 raw = simd.load_le64(data, c)
             else:  # the last bytes of the stream
                 raw = np.uint64(0)
                 for b in range(max(size - c, 0)):
                     raw |= np.uint64(data[c + b]) << np.uint64(8 * b)
-            f = simd.pdep64(raw, mask[w, k]) << shift[w, k]
-            hi |= f & high[w, k]
-            low |= f & ~high[w, k]
+            f = simd.pdep64(raw, np.uint64(geo[2, w, k])) << np.uint64(geo[3, w, k])
+            high = np.uint64(geo[4, w, k])
+            hi |= f & high
+            low |= f & ~high
         simd.store8_affine(low, hi, step, base, out, o)
 
     @jit(nogil=True)
     def _grouped_groups(  # type: ignore[no-untyped-def]
-        data, widths, sub, slots, tabs, lim, steps, steps16, base, vector, stream, out, obase,
-        gfirst, glast,
-    ):  # fmt: skip
+        data, widths, sub, geo, tabs, lim, steps, base, vector, stream, out, obase, gfirst, glast
+    ):
         """Decode groups ``gfirst`` to ``glast - 1`` of a bucketed grouped stream (see
         :func:`decode_grouped`); group ``g``'s values go to ``out[g * 8 * sub - obase:]``.
 
         By blocks of ``_GROUP_BLOCK`` groups: a scalar pass ranks each unit of 8 codes
         in its width's streams, then (``vector``) ``simd.grouped8`` decodes the units
         eight at a time, where every read stays inside ``data`` (rank below ``lim``)."""
-        start, adv, mask, shift, high = slots
-        count = np.zeros(start.shape[0], dtype=np.int64)
+        steps16 = steps[1:]
+        count = np.zeros(geo.shape[1], dtype=np.int64)
         for g in range(gfirst):  # each width's rank at group ``gfirst``
             count[widths[g]] += 1
         rank = np.empty(_GROUP_BLOCK, dtype=np.int64)
@@ -417,22 +417,97 @@ if numba is not None:
             for v in range(nvec, n * sub):
                 w = widths[g0 + v // sub]
                 r = rank[v // sub] * sub + v % sub
-                _grouped_unit(
-                    data, w, r, start, adv, mask, shift, high, steps[w], base, out, o + 8 * v
-                )
+                _grouped_unit(data, w, r, geo, steps[w], base, out, o + 8 * v)
         if stream:
             simd.store_fence()
 
     @jit(nogil=True)
     def _grouped_kernel(  # type: ignore[no-untyped-def]
-        data, widths, sub, slots, tabs, lim, steps, steps16, base, vector, stream, out, first, last
+        data, widths, sub, geo, tabs, lim, steps, base, vector, stream, out, first, last
     ):
         """:func:`_grouped_groups` over blocks ``first`` to ``last - 1`` of whole groups."""
         full = out.size // (8 * sub)
+        g0, g1 = first * _GROUP_BLOCK, min(last * _GROUP_BLOCK, full)
         _grouped_groups(
-            data, widths, sub, slots, tabs, lim, steps, steps16, base, vector, stream, out, 0,
-            first * _GROUP_BLOCK, min(last * _GROUP_BLOCK, full),
-        )  # fmt: skip
+            data, widths, sub, geo, tabs, lim, steps, base, vector, stream, out, 0, g0, g1
+        )
+
+    def _make_pack_grouped(itemsize: int) -> Any:
+        # the masks picking the low and the second byte of each code in a 64-bit word
+        pick = {1: 0xFFFFFFFFFFFFFFFF, 2: 0x00FF00FF00FF00FF, 4: 0x000000FF000000FF}[itemsize]
+        per_word = 8 // itemsize
+
+        @jit(nogil=True)
+        def pack_grouped_kernel(codes, widths, sub, geo, out, first, last):  # type: ignore[no-untyped-def]
+            """Write the units of groups ``first`` to ``last - 1`` into the grouped
+            stream ``out`` (``codes``: the bytes of the codes, ``itemsize`` each), in
+            order: each unit rewrites the 8 bytes from its own on (``out`` has 8 bytes
+            to spare at its end), so one thread must write the whole stream."""
+            count = np.zeros(geo.shape[1], dtype=np.int64)
+            for g in range(first):  # each width's rank at group ``first``
+                count[widths[g]] += 1
+            for g in range(first, last):
+                w = widths[g]
+                r = count[w]
+                count[w] = r + 1
+                for j in range(sub if w else 0):
+                    at = (g * sub + j) * 8 * itemsize
+                    low = np.uint64(0)
+                    high = np.uint64(0)
+                    for q in range(itemsize):
+                        word = simd.load_le64(codes, at + 8 * q)
+                        lanes = np.uint64(8 * per_word * q)
+                        low |= simd.pext64(word, np.uint64(pick)) << lanes
+                        if itemsize > 1:
+                            high |= simd.pext64(word, np.uint64(pick << 8)) << lanes
+                    rank = r * sub + j
+                    for k in range(4):  # every slot, without branches (no slice: mask 0)
+                        high_byte = np.uint64(geo[4, w, k])
+                        plane = (high & high_byte) | (low & ~high_byte)
+                        shifted = plane >> np.uint64(geo[3, w, k])
+                        raw = simd.pext64(shifted, np.uint64(geo[2, w, k]))
+                        # merge into 8 bytes: the ones after this unit's belong to a later
+                        # unit of this stream (written next) or to another stream (kept)
+                        pos = geo[0, w, k] + rank * geo[1, w, k]
+                        keep = ~np.uint64(geo[5, w, k])
+                        simd.store_le(out, pos, (simd.load_le64(out, pos) & keep) | raw, 8)
+
+        return pack_grouped_kernel
+
+    _PACK_GROUPED = {size: _make_pack_grouped(size) for size in (1, 2, 4)}
+
+    @jit(nogil=True)
+    def _grouped_layout(counts, codes_per_group, size):  # type: ignore[no-untyped-def]
+        """``(geo, tabs, lim, total)`` for a grouped stream with ``counts[w]`` groups of
+        width ``w``: per width and slice slot, ``geo`` holds the slice stream's start byte,
+        its bytes per unit of 8 codes (0: no slice), deposit mask, shift in the byte and
+        high-byte flag; ``tabs`` the tables of ``simd.grouped8``; ``lim`` per width the
+        first unit rank whose 8-byte reads would pass the end of ``size`` bytes (0 for
+        width 0, which the vector step cannot index); ``total`` the stream's length."""
+        widths = counts.size
+        geo = np.zeros((6, widths, 4), dtype=np.int64)
+        tabs = np.zeros(192, dtype=np.int64)
+        lim = np.full(widths, np.iinfo(np.int64).max, dtype=np.int64)
+        lim[0] = 0
+        total = 0
+        for w in range(1, widths):
+            for k in range(4):
+                width = _SLICE_WIDTH[w, k]
+                if counts[w] == 0 or width == 0:
+                    continue
+                geo[0, w, k] = total
+                geo[1, w, k] = width
+                geo[2, w, k] = _SLICE_MASK[w, k]
+                geo[3, w, k] = _SLICE_SHIFT[w, k]
+                geo[4, w, k] = _SLICE_HIGH[w, k]
+                geo[5, w, k] = (1 << 8 * width) - 1 if width < 8 else -1
+                tabs[48 * k + w - 1] = total | _SLICE_META[w, k]
+                tabs[48 * k + 16 + w - 1] = _SLICE_CTRL[w, k]
+                tabs[48 * k + 32 + w - 1] = _SLICE_FIELD[w, k]
+                room = size - 8 - total
+                lim[w] = min(lim[w], room // width + 1 if room >= 0 else 0)
+                total += counts[w] * codes_per_group * width // 8
+        return geo, tabs, lim, total
 
     @jit(nogil=True)
     def _affine_codes_kernel(x, lo, inv, group_size, out, first, last):  # type: ignore[no-untyped-def]
@@ -875,51 +950,40 @@ _SPREAD = {
     2: 0x0303030303030303,
     1: 0x0101010101010101,
 }
-_SLICE_CONSTANTS: dict[str, np.ndarray] = {}
 
 
 def _slice_constants() -> dict[str, np.ndarray]:
     """Per width ``w`` (0..16) and slice slot ``k`` (0..3) of :func:`optiquant.io.pack_groups`'s
-    layout: the slice's width (0: none), its deposit mask, shift in its byte, high-byte
-    flag, and the multishift controls and field masks of ``simd.grouped8``."""
-    if not _SLICE_CONSTANTS:
-        from optiquant.io.bitpack import _slices
+    layout (int64): the slice's width (0: none), deposit mask, shift in its byte and
+    high-byte flag (all ones or 0), and for ``simd.grouped8`` the per-width bits of its
+    table entry (log2 of the width at bit 56, the high-byte flag at bit 62), the
+    multishift controls and the field masks."""
+    from optiquant.io.bitpack import _slices
 
-        shape = (MAX_WIDTH + 1, 4)
-        names = ("mask", "shift", "high", "ctrl", "field")
-        c = {k: np.zeros(shape, dtype=np.uint64) for k in names}
-        c["width"] = np.zeros(shape, dtype=np.int64)
-        for w in range(1, MAX_WIDTH + 1):
-            for k, (offset, width) in enumerate(_slices(w)):
-                sh = offset % 8
-                c["width"][w, k] = width
-                c["mask"][w, k] = _SPREAD[width]
-                c["shift"][w, k] = sh
-                c["high"][w, k] = 0xFFFFFFFFFFFFFFFF if offset >= 8 else 0
-                c["ctrl"][w, k] = sum(((j * width - sh) % 64) << (8 * j) for j in range(8))
-                c["field"][w, k] = (((1 << width) - 1) << sh) * 0x0101010101010101
-        log_width = np.log2(np.maximum(c["width"], 1)).astype(np.int64)
-        _SLICE_CONSTANTS.update(c)
-        _SLICE_CONSTANTS["meta"] = (log_width << 56) | np.where(c["high"] != 0, 1 << 62, 0)
-    return _SLICE_CONSTANTS
+    names = ("width", "mask", "shift", "high", "meta", "ctrl", "field")
+    c = {k: np.zeros((MAX_WIDTH + 1, 4), dtype=np.int64) for k in names}
+
+    def signed(value: int) -> int:
+        return value - (1 << 64) if value >= 1 << 63 else value
+
+    for w in range(1, MAX_WIDTH + 1):
+        for k, (offset, width) in enumerate(_slices(w)):
+            sh, high = offset % 8, offset >= 8
+            c["width"][w, k] = width
+            c["mask"][w, k] = signed(_SPREAD[width])
+            c["shift"][w, k] = sh
+            c["high"][w, k] = -1 if high else 0
+            c["meta"][w, k] = (width.bit_length() - 1) << 56 | int(high) << 62
+            c["ctrl"][w, k] = signed(sum(((j * width - sh) % 64) << (8 * j) for j in range(8)))
+            c["field"][w, k] = signed((((1 << width) - 1) << sh) * 0x0101010101010101)
+    return c
 
 
-def _grouped_slots(
-    counts: np.ndarray, codes_per_group: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """Per width and slice: start byte of the slice stream, bytes per 8 codes, the
-    deposit mask spreading 8 fields into 8 bytes, the shift in the byte, whether the
-    slice lands in the high byte; and the total stream size."""
-    c = _slice_constants()
-    used = (counts[:, None] > 0) & (c["width"] > 0)
-    adv = np.where(used, c["width"], 0)
-    sizes = counts[:, None].astype(np.int64) * codes_per_group * adv // 8
-    flat = sizes.reshape(-1)
-    start = (np.cumsum(flat) - flat).reshape(sizes.shape)
-    start[~used] = 0
-    zero = np.uint64(0)
-    mask, shift, high = (np.where(used, c[k], zero) for k in ("mask", "shift", "high"))
-    return start, adv, mask, shift, high, int(flat.sum())
+_SLICES = _slice_constants()
+_SLICE_WIDTH, _SLICE_MASK, _SLICE_SHIFT, _SLICE_HIGH = (
+    _SLICES[k] for k in ("width", "mask", "shift", "high")
+)
+_SLICE_META, _SLICE_CTRL, _SLICE_FIELD = (_SLICES[k] for k in ("meta", "ctrl", "field"))
 
 
 def decode_grouped(
@@ -966,15 +1030,13 @@ def decode_grouped(
     counts = torch.bincount(torch.from_numpy(widths), minlength=MAX_WIDTH + 1).numpy()
     if counts.size > MAX_WIDTH + 1:
         raise ValueError(f"widths exceed {MAX_WIDTH} bits")
-    slots = _grouped_slots(counts, group_size)
-    if slots[-1] != data.size:
-        raise ValueError(f"data has {data.size} bytes, the widths need {slots[-1]}")
+    geo, tabs, lim, total = _grouped_layout(counts, group_size, data.size)
+    if total != data.size:
+        raise ValueError(f"data has {data.size} bytes, the widths need {total}")
     sub = group_size // 8
     vector = simd.byte_steps_supported()
-    tabs, lim = _grouped_tables(slots[0], slots[1], data.size)
-    steps16 = np.ascontiguousarray(steps[1:])
     full = out.size // group_size
-    args = (data, widths, sub, slots[:-1], tabs, lim, steps, steps16, np.float32(base), vector)
+    args = (data, widths, sub, geo, tabs, lim, steps, np.float32(base), vector)
     blocks = -(-full // _GROUP_BLOCK)
     run_split(_grouped_kernel, blocks, _MIN_GROUPS // _GROUP_BLOCK, *args, streams(out), out)
     if full < groups:  # a partial last group, decoded aside
@@ -983,21 +1045,36 @@ def decode_grouped(
         out[full * group_size :] = last[: out.size - full * group_size]
 
 
-def _grouped_tables(start: np.ndarray, adv: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The tables of ``simd.grouped8`` for :func:`_grouped_slots`'s slices, and per
-    width the first unit rank whose reads would pass the end of a ``size``-byte stream
-    (0 for width 0, which the vector step cannot index: its units stay scalar)."""
-    c = _slice_constants()
-    used = adv > 0
-    tabs = np.zeros((4, 3, 16), dtype=np.int64)
-    tabs[:, 0] = np.where(used, start | c["meta"], 0)[1:].T
-    tabs[:, 1] = np.where(used, c["ctrl"], np.uint64(0))[1:].T.view(np.int64)
-    tabs[:, 2] = np.where(used, c["field"], np.uint64(0))[1:].T.view(np.int64)
-    room = size - 8 - start
-    first_out = np.where(room >= 0, room // np.maximum(adv, 1) + 1, 0)
-    lim = np.where(used, first_out, np.iinfo(np.int64).max).min(axis=1)
-    lim[0] = 0
-    return tabs.reshape(-1), lim
+def pack_grouped(codes: np.ndarray, widths: np.ndarray, group_size: int) -> np.ndarray:
+    """:func:`optiquant.io.pack_groups`'s stream (bytes) for ``codes`` (uint8, int16 or
+    int32, ``len(widths) * group_size`` of them) with ``widths[g]`` bits (0..16) for
+    group ``g``, ``group_size`` a multiple of 8. Bits above a group's width are dropped.
+    Needs the vector kernels (:func:`vectorized`; the bit gathers are BMI2 instructions).
+
+    >>> codes = np.array([1, 0, 3, 2, 1, 0, 3, 2] * 2, dtype=np.uint8)
+    >>> widths = np.array([2, 1], dtype=np.uint8)
+    >>> if vectorized():
+    ...     print(pack_grouped(codes, widths, 8).tolist())
+    ... else:
+    ...     print([85, 177, 177])
+    [85, 177, 177]
+    """
+    if not vectorized(torch.float32):
+        raise ValueError("pack_grouped needs the vector kernels (numba and an AVX-512 CPU)")
+    if group_size <= 0 or group_size % 8:
+        raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
+    if codes.dtype not in (np.uint8, np.int16, np.int32) or codes.ndim != 1:
+        raise ValueError(f"codes must be a 1-D uint8, int16 or int32 array, got {codes.dtype}")
+    if widths.dtype != np.uint8 or codes.size != widths.size * group_size:
+        raise ValueError(f"widths must be uint8, one per group of {group_size} codes")
+    counts = torch.bincount(torch.from_numpy(widths), minlength=MAX_WIDTH + 1).numpy()
+    if counts.size > MAX_WIDTH + 1:
+        raise ValueError(f"widths exceed {MAX_WIDTH} bits")
+    geo, _, _, total = _grouped_layout(counts, group_size, 0)
+    out = np.zeros(total + 8, dtype=np.uint8)
+    raw = np.ascontiguousarray(codes).view(np.uint8)
+    _PACK_GROUPED[codes.itemsize](raw, widths, group_size // 8, geo, out, 0, widths.size)
+    return out[:total]
 
 
 def _check_codes_out(x: np.ndarray, out: np.ndarray) -> None:
