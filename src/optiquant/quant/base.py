@@ -126,7 +126,7 @@ class QuantizedParam:
 @dataclasses.dataclass
 class _CacheEntry:
     key: tuple[Any, ...]
-    fingerprint: torch.Tensor
+    fingerprint: tuple[int, ...]
     encoded: EncodedTensor
     weight: torch.Tensor | None
     packed: EncodedTensor | None = None
@@ -136,7 +136,7 @@ def _tensor_key(t: torch.Tensor) -> tuple[Any, ...]:
     return (id(t), t._version, t.data_ptr(), t.device, t.dtype, tuple(t.shape))
 
 
-def _fingerprint(t: torch.Tensor, cols: int = 1024) -> torch.Tensor:
+def _fingerprint(t: torch.Tensor, cols: int = 1024) -> tuple[int, ...]:
     """``(sum v_i, sum i * v_i)`` of the bit patterns ``v`` of ``t``, wrapping in int64.
 
     Catches in-place edits that bypass autograd's version counter
@@ -156,7 +156,7 @@ def _fingerprint(t: torch.Tensor, cols: int = 1024) -> torch.Tensor:
             break
     n = v.numel()
     if v.device.type == "cpu" and n >= kernels.MIN_NUMEL and kernels.available():
-        return torch.tensor(kernels.fingerprint(v.numpy()), dtype=torch.int64)
+        return kernels.fingerprint(v.numpy())
     rows = n // cols
     body = v[: rows * cols].view(rows, cols)
     row_sums = body.sum(1, dtype=torch.int64)
@@ -170,7 +170,7 @@ def _fingerprint(t: torch.Tensor, cols: int = 1024) -> torch.Tensor:
         index = torch.arange(rows * cols, n, dtype=torch.int64, device=v.device)
         total = total + tail.sum()
         weighted = weighted + (index * tail).sum()
-    return torch.stack([total, weighted])
+    return tuple(torch.stack([total, weighted]).tolist())
 
 
 def _device_of(enc: EncodedTensor) -> torch.device | None:
@@ -386,11 +386,7 @@ class BaseQuantizer:
         weight = first.tensor(module if qp.other is None else None)
         key = (*_tensor_key(weight), self._extra_key(first), self._epoch)
         entry = self._cache.get(first.index)
-        if (
-            entry is not None
-            and entry.key == key
-            and torch.equal(entry.fingerprint, _fingerprint(weight))
-        ):
+        if entry is not None and entry.key == key and entry.fingerprint == _fingerprint(weight):
             if decode and entry.weight is None:
                 with torch.no_grad():
                     entry.weight = entry.encoded.decode()
