@@ -129,6 +129,18 @@ if numba is not None:
     def _declare(builder: Any, name: str, ret: Any, args: list[Any]) -> Any:
         return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
 
+    _PREFETCH_WORDS = 512  # 64-bit words: 4 KiB, enough lead to cover memory latency
+
+    def _prefetch(context: Any, builder: Any, aryty: Any, ary: Any, index: Any) -> None:
+        """Hint the cache to load the line holding ``ary[index]`` (never faults, also
+        past the end of ``ary``)."""
+        arr = context.make_array(aryty)(context, builder, ary)
+        ptr = builder.bitcast(builder.gep(arr.data, [index]), _I8.as_pointer())
+        fetch = _declare(
+            builder, "llvm.prefetch.p0", ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]
+        )
+        builder.call(fetch, [ptr, _I32(0), _I32(3), _I32(1)])
+
     def _lookup(context: Any, builder: Any, mode: int, tabty: Any, table: Any, idx: Any) -> Any:
         """``table[idx]`` for a <16 x i32> ``idx`` into a 32-bit table: <16 x i32>."""
         if mode == GATHER:
@@ -493,6 +505,9 @@ if numba is not None:
             slots = [cgutils.alloca_once_value(builder, builder.load(p, align=8)) for p in ptrs]
             with cgutils.for_range(builder, steps_v) as loop:
                 start = builder.mul(loop.index, ir.Constant(loop.index.type, 16))
+                for half in range(2):  # ask for the lines 4 KiB ahead now (memory-bound scan)
+                    ahead = builder.add(start, ir.Constant(start.type, _PREFETCH_WORDS + 8 * half))
+                    _prefetch(context, builder, aty[0], vv, ahead)
                 for half in range(2):
                     at = builder.add(start, ir.Constant(start.type, 8 * half))
                     x = builder.load(_ptr(context, builder, aty[0], vv, at, _V8I64), align=8)
