@@ -554,3 +554,21 @@ def test_grouped_codec_packs_the_same_with_the_kernel(
     fast, slow = _both(lambda: GroupedCodec().pack(enc).tensors["codes"])
     assert calls == [1]  # the kernel packed the first, not the second
     assert torch.equal(fast, slow)
+
+
+@needs_vector
+@pytest.mark.parametrize("group_size", [8, 16])
+def test_grouped_decode_in_two_threads_equals_one(group_size: int) -> None:
+    """Each worker ranks the groups before its part itself: the parts join seamlessly."""
+    codes, widths, data = _grouped_case(2**20 + 24, group_size, seed=group_size)
+    steps = np.linspace(0.5, 2.0, 17, dtype=np.float32)
+    results = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)  # conftest restores the setting
+        out = np.empty(2**20 + 24, dtype=np.float32)
+        kernels.decode_grouped(data.numpy(), widths.numpy(), group_size, steps, 0.25, out)
+        results.append(out)
+    per_value = torch.from_numpy(steps)[widths.long()].repeat_interleave(group_size)
+    expected = (codes.float() * per_value + 0.25)[: 2**20 + 24]
+    assert np.array_equal(results[0], expected.numpy())
+    assert np.array_equal(results[1], results[0])
