@@ -68,6 +68,36 @@ def test_model_size_value() -> None:
     assert float(q.model_size(exact=True).detach()) == pytest.approx(exact, rel=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_model_size_for_the_whole_model_equals_the_per_tensor_sum(dtype: torch.dtype) -> None:
+    """The few-operation size of ``param="bits"`` equals the generic per-tensor sum
+    (value and gradient), with several tensors, group sizes, extra bits and widths
+    that need per-group storage, in training (sigmoids reused) and eval."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 48), torch.nn.ReLU(), torch.nn.Linear(48, 40), torch.nn.Linear(40, 3)
+    ).to(dtype)
+    q = oq.DiffQuantizer(model, min_size=0, group_size=8, extra_bits=1)
+    q.no_optimizer()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("_diffq"):
+                p.uniform_(-3, 3)
+    logits = [p for n, p in model.named_parameters() if n.endswith("_diffq")]
+    for train in (True, False):
+        model.train(train)
+        model(torch.randn(5, 64, dtype=dtype))  # a training forward records its sigmoids
+        fast = q.model_size()
+        generic = oq.BaseQuantizer.model_size(q)
+        torch.testing.assert_close(
+            fast, generic, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=0
+        )
+        g_fast = torch.autograd.grad(fast, logits)
+        g_generic = torch.autograd.grad(generic, logits)
+        for a, b in zip(g_fast, g_generic):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-12)
+
+
 @pytest.mark.parametrize("noise", ["gaussian", "uniform"])
 @pytest.mark.parametrize("bits", [2.5, 4.0, 9.0])
 @pytest.mark.parametrize("fast_noise", [False, True])

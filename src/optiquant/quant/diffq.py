@@ -36,7 +36,7 @@ from torch import nn
 
 from optiquant.io.bitpack import MAX_BITS, grouped_nbytes, packed_nbytes
 from optiquant.quant import kernels, memory
-from optiquant.quant.base import BaseQuantizer, QuantizedParam, _tensor_key, module_param
+from optiquant.quant.base import MB, BaseQuantizer, QuantizedParam, _tensor_key, module_param
 from optiquant.quant.codecs import compute_dtype, encode_grouped
 from optiquant.quant.config import DiffQConfig
 from optiquant.quant.encoded import EncodedTensor
@@ -499,7 +499,38 @@ class DiffQuantizer(BaseQuantizer):
 
     # -------------------------------------------------------------------------- sizes
     def _range_nbytes(self, qp: QuantizedParam) -> int:
-        return 2 * torch.empty((), dtype=compute_dtype(qp.tensor().dtype)).element_size()
+        return 2 * compute_dtype(qp.tensor().dtype).itemsize
+
+    def model_size(self, exact: bool = False) -> torch.Tensor:
+        """Size of the stored model in MB (2**20 bytes), as a tensor, differentiable with
+        respect to the bits logits; ``exact=True`` uses the rounded bits.
+
+        With ``param="bits"`` the continuous size is a few operations for the whole
+        model: ``sum_g b_g = G * min_bits + (max_bits - min_bits) * sum_g sigmoid(l_g)``
+        per tensor, one dot product over the tensors.
+        """
+        self._check_live()
+        cfg = self.config
+        firsts = self._firsts()
+        if exact or cfg.param != "bits" or not firsts:
+            return super().model_size(exact)
+        logits = [self._full_logit(qp) for qp in firsts]
+        sums = torch.stack([self._sigmoid_sum(qp, lg) for qp, lg in zip(firsts, logits)])
+        sizes = [self._group_size(qp) for qp in firsts]
+        per_sum = [(cfg.max_bits - cfg.min_bits) * gs for gs in sizes]
+        fixed = sum(
+            lg.numel() * (cfg.min_bits + cfg.extra_bits) * gs + 8 * self._range_nbytes(qp)
+            for qp, lg, gs in zip(firsts, logits, sizes)
+        )
+        with torch.no_grad():
+            ends = torch.stack([torch.stack(torch.aminmax(lg.detach())) for lg in logits])
+            ends = (self.get_bits(ends) + cfg.extra_bits).round_().clamp_(1, MAX_BITS)
+            width_bits = torch.ceil(torch.log2(ends[:, 1] - ends[:, 0] + 1.0))
+            groups = torch.tensor([lg.numel() for lg in logits], dtype=sums.dtype)
+            stored = torch.dot(width_bits, groups.to(width_bits.device))
+        coef = torch.tensor(per_sum, dtype=sums.dtype).to(sums.device)
+        total = torch.dot(sums, coef) + (stored + fixed)
+        return (total / 8 + self._float_nbytes()) / MB
 
     def _width_bits(self, logit: torch.Tensor) -> torch.Tensor:
         """Bits per group storing the rounded widths (bits grow with the logit)."""
