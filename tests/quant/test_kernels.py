@@ -442,25 +442,6 @@ def test_grouped_decode_equals_the_affine_values(
 
 
 @needs_vector
-@pytest.mark.parametrize(("low", "high"), [(2, 15), (5, 5), (16, 16)])
-def test_grouped_codec_decodes_the_same_with_the_kernel(
-    low: int, high: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from optiquant.quant.codecs import GroupedCodec, encode_grouped
-
-    calls = []
-    decode = kernels.decode_grouped
-    monkeypatch.setattr(kernels, "decode_grouped", lambda *a: calls.append(1) or decode(*a))
-    w = _randn(2**17 + 40, seed=low)
-    gen = torch.Generator().manual_seed(high)
-    widths = torch.randint(low, high + 1, (-(-w.numel() // 8),), generator=gen)
-    packed = GroupedCodec().pack(encode_grouped(w, widths, 8))
-    fast, slow = _both(lambda: GroupedCodec().decode(packed))
-    assert calls == [1]  # the kernel decoded the first, not the second
-    assert torch.equal(fast, slow)
-
-
-@needs_vector
 def test_grouped_decode_rejects_bad_arguments() -> None:
     _, widths, data = _grouped_case(64, 8, seed=0)
     steps = np.ones(17, dtype=np.float32)
@@ -538,21 +519,26 @@ def test_pack_grouped_rejects_bad_arguments() -> None:
 
 
 @needs_vector
-@pytest.mark.parametrize(("low", "high"), [(2, 8), (2, 15), (16, 16)])
-def test_grouped_codec_packs_the_same_with_the_kernel(
-    low: int, high: int, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("step", ["pack_grouped", "decode_grouped"])
+@pytest.mark.parametrize(("low", "high"), [(2, 8), (2, 15), (5, 5), (16, 16)])
+def test_grouped_codec_steps_give_the_same_with_the_kernels(
+    step: str, low: int, high: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from optiquant.quant.codecs import GroupedCodec, encode_grouped
 
-    calls = []
-    pack = kernels.pack_grouped
-    monkeypatch.setattr(kernels, "pack_grouped", lambda *a: calls.append(1) or pack(*a))
     w = _randn(2**17 + 40, seed=low)
     gen = torch.Generator().manual_seed(high)
     widths = torch.randint(low, high + 1, (-(-w.numel() // 8),), generator=gen)
     enc = encode_grouped(w, widths, 8)
-    fast, slow = _both(lambda: GroupedCodec().pack(enc).tensors["codes"])
-    assert calls == [1]  # the kernel packed the first, not the second
+    packed = GroupedCodec().pack(enc)
+    calls = []
+    kernel = getattr(kernels, step)
+    monkeypatch.setattr(kernels, step, lambda *a: calls.append(1) or kernel(*a))
+    if step == "pack_grouped":
+        fast, slow = _both(lambda: GroupedCodec().pack(enc).tensors["codes"])
+    else:
+        fast, slow = _both(lambda: GroupedCodec().decode(packed))
+    assert calls == [1]  # the kernel ran for the first, not the second
     assert torch.equal(fast, slow)
 
 

@@ -470,7 +470,7 @@ if numba is not None:
                         # unit of this stream (written next) or to another stream (kept)
                         pos = geo[0, w, k] + rank * geo[1, w, k]
                         keep = ~np.uint64(geo[5, w, k])
-                        simd.store_le(out, pos, (simd.load_le64(out, pos) & keep) | raw, 8)
+                        simd.store_le64(out, pos, (simd.load_le64(out, pos) & keep) | raw)
 
         return pack_grouped_kernel
 

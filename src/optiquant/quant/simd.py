@@ -531,48 +531,30 @@ if numba is not None:
 
         return sig, codegen
 
-    @intrinsic
-    def _pdep64(typingctx, x, mask):  # type: ignore[no-untyped-def]
-        """The low bits of ``x`` deposited, in order, at the set bits of ``mask`` (BMI2)."""
-        sig = types.uint64(types.uint64, types.uint64)
+    def _make_bmi64(op: str) -> Any:
+        @intrinsic
+        def bmi64(typingctx, x, mask):  # type: ignore[no-untyped-def]
+            """BMI2 ``pdep`` (the low bits of ``x`` deposited, in order, at the set bits
+            of ``mask``) or ``pext`` (the bits of ``x`` at the set bits of ``mask``,
+            gathered in order into the low bits)."""
+            sig = types.uint64(types.uint64, types.uint64)
 
-        def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-            pdep = _declare(builder, "llvm.x86.bmi.pdep.64", _I64, [_I64, _I64])
-            return builder.call(pdep, list(args))
+            def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+                fn = _declare(builder, f"llvm.x86.bmi.{op}.64", _I64, [_I64, _I64])
+                return builder.call(fn, list(args))
 
-        return sig, codegen
+            return sig, codegen
 
-    @intrinsic
-    def _pext64(typingctx, x, mask):  # type: ignore[no-untyped-def]
-        """The bits of ``x`` at the set bits of ``mask``, gathered in order into the low
-        bits (BMI2)."""
-        sig = types.uint64(types.uint64, types.uint64)
-
-        def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-            pext = _declare(builder, "llvm.x86.bmi.pext.64", _I64, [_I64, _I64])
-            return builder.call(pext, list(args))
-
-        return sig, codegen
+        return bmi64
 
     @intrinsic
-    def _store_le(typingctx, data, b, value, width):  # type: ignore[no-untyped-def]
-        """``data[b:b+width] =`` the low ``width`` bytes of ``value``, little-endian
-        (``width`` 1, 2, 4 or 8; any alignment)."""
-        sig = types.void(data, types.intp, types.uint64, types.intp)
+    def _store_le64(typingctx, data, b, value):  # type: ignore[no-untyped-def]
+        """``data[b:b+8] = value`` as eight little-endian bytes (any alignment)."""
+        sig = types.void(data, types.intp, types.uint64)
 
         def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-            dv, bv, value, width = args
-            done = builder.append_basic_block("stored")
-            switch = builder.switch(width, done)
-            for nbytes in (1, 2, 4, 8):
-                block = builder.append_basic_block(f"store{nbytes}")
-                switch.add_case(_I64(nbytes), block)
-                with builder.goto_block(block):
-                    ty = ir.IntType(8 * nbytes)
-                    ptr = _ptr(context, builder, signature.args[0], dv, bv, ty)
-                    builder.store(builder.trunc(value, ty) if nbytes < 8 else value, ptr, align=1)
-                    builder.branch(done)
-            builder.position_at_end(done)
+            ptr = _ptr(context, builder, signature.args[0], args[0], args[1], _I64)
+            builder.store(args[2], ptr, align=1)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -764,9 +746,9 @@ if numba is not None:
     extremes_scan: Any = _extremes_scan
     fingerprint_scan: Any = _fingerprint_scan
     load_le64: Any = _load_le64
-    pdep64: Any = _pdep64
-    pext64: Any = _pext64
-    store_le: Any = _store_le
+    pdep64: Any = _make_bmi64("pdep")
+    pext64: Any = _make_bmi64("pext")
+    store_le64: Any = _store_le64
     store8_affine: Any = _store8_affine
     grouped8: Any = _grouped8
     fma32: Any = _fma32
