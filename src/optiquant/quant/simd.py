@@ -171,7 +171,11 @@ if numba is not None:
         where the i1 ``stream`` is set, as a 64-byte aligned streaming store (it skips
         reading the cache line it overwrites)."""
         vals = _lookup(context, builder, mode, tab[0], tab[1], codes)
-        ptr = _ptr(context, builder, out[0], out[1], o, _V16I32)
+        _store16(builder, vals, _ptr(context, builder, out[0], out[1], o, _V16I32), stream)
+
+    def _store16(builder: Any, vals: Any, ptr: Any, stream: Any) -> None:
+        """``*ptr = vals`` (16 lanes); where the i1 ``stream`` is set, as a streaming
+        store (``ptr`` 64-byte aligned)."""
         with builder.if_else(stream) as (streaming, plain):
             with streaming:
                 store = builder.store(vals, ptr, align=64)
@@ -678,12 +682,7 @@ if numba is not None:
                     vals, vals, ir.Constant(_V16I32, [16 * q + i for i in range(16)])
                 )
                 ptr = _ptr(context, builder, aty[8], outv, builder.add(ov, _I64(16 * q)), _V16F32)
-                with builder.if_else(stream) as (streaming, plain):
-                    with streaming:
-                        store = builder.store(part, ptr, align=64)
-                        store.set_metadata("nontemporal", builder.module.add_metadata([_I32(1)]))
-                    with plain:
-                        builder.store(part, ptr, align=4)
+                _store16(builder, part, ptr, stream)
             return context.get_dummy_value()
 
         return sig, codegen
