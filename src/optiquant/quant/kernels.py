@@ -477,11 +477,23 @@ if numba is not None:
     _PACK_GROUPED = {size: _make_pack_grouped(size) for size in (1, 2, 4)}
 
     @jit(nogil=True)
+    def _width_counts(widths):  # type: ignore[no-untyped-def]
+        """How many entries of the uint8 array ``widths`` hold each value 0..255."""
+        parts = np.zeros((4, 256), dtype=np.int64)  # four tallies: no store-to-load chains
+        for i in range(widths.size):
+            parts[i & 3, widths[i]] += 1
+        counts = np.zeros(256, dtype=np.int64)
+        for v in range(256):
+            counts[v] = parts[0, v] + parts[1, v] + parts[2, v] + parts[3, v]
+        return counts
+
+    @jit(nogil=True)
     def _grouped_layout(counts, codes_per_group, size):  # type: ignore[no-untyped-def]
         """``(geo, tabs, lim, total)`` for a grouped stream with ``counts[w]`` groups of
         width ``w``: per width and slice slot, ``geo`` holds the slice stream's start byte,
-        its bytes per unit of 8 codes (0: no slice), deposit mask, shift in the byte and
-        high-byte flag; ``tabs`` the tables of ``simd.grouped8``; ``lim`` per width the
+        its bytes per unit of 8 codes (0: no slice), deposit mask, shift in the byte,
+        high-byte flag and the mask of one unit's bytes in a 64-bit word; ``tabs`` the
+        tables of ``simd.grouped8``; ``lim`` per width the
         first unit rank whose 8-byte reads would pass the end of ``size`` bytes (0 for
         width 0, which the vector step cannot index); ``total`` the stream's length."""
         widths = counts.size
@@ -1027,9 +1039,7 @@ def decode_grouped(
         raise ValueError(f"out and steps must be float32, steps with {MAX_WIDTH + 1} entries")
     if not (groups - 1) * group_size < out.size <= groups * group_size:
         raise ValueError(f"out has {out.size} entries, not what {groups} groups hold")
-    counts = torch.bincount(torch.from_numpy(widths), minlength=MAX_WIDTH + 1).numpy()
-    if counts.size > MAX_WIDTH + 1:
-        raise ValueError(f"widths exceed {MAX_WIDTH} bits")
+    counts = _checked_width_counts(widths)
     geo, tabs, lim, total = _grouped_layout(counts, group_size, data.size)
     if total != data.size:
         raise ValueError(f"data has {data.size} bytes, the widths need {total}")
@@ -1043,6 +1053,14 @@ def decode_grouped(
         last = np.empty(group_size, dtype=np.float32)
         _grouped_groups(*args, False, last, full * group_size, full, groups)
         out[full * group_size :] = last[: out.size - full * group_size]
+
+
+def _checked_width_counts(widths: np.ndarray) -> np.ndarray:
+    """Groups per width 0..16 of uint8 ``widths``; raises if a width exceeds 16."""
+    counts = _width_counts(widths)
+    if counts[MAX_WIDTH + 1 :].any():
+        raise ValueError(f"widths exceed {MAX_WIDTH} bits")
+    return counts[: MAX_WIDTH + 1]
 
 
 def pack_grouped(codes: np.ndarray, widths: np.ndarray, group_size: int) -> np.ndarray:
@@ -1067,9 +1085,7 @@ def pack_grouped(codes: np.ndarray, widths: np.ndarray, group_size: int) -> np.n
         raise ValueError(f"codes must be a 1-D uint8, int16 or int32 array, got {codes.dtype}")
     if widths.dtype != np.uint8 or codes.size != widths.size * group_size:
         raise ValueError(f"widths must be uint8, one per group of {group_size} codes")
-    counts = torch.bincount(torch.from_numpy(widths), minlength=MAX_WIDTH + 1).numpy()
-    if counts.size > MAX_WIDTH + 1:
-        raise ValueError(f"widths exceed {MAX_WIDTH} bits")
+    counts = _checked_width_counts(widths)
     geo, _, _, total = _grouped_layout(counts, group_size, 0)
     out = np.zeros(total + 8, dtype=np.uint8)
     raw = np.ascontiguousarray(codes).view(np.uint8)
