@@ -91,15 +91,21 @@ def _finite_range(weight: torch.Tensor, name: str) -> torch.Tensor:
     return rng
 
 
+def _kernel_ready(t: torch.Tensor, numel: int | None = None, vector: bool = False) -> bool:
+    """Whether the compiled kernels take ``t``: contiguous, on the CPU, for work of at
+    least ``kernels.MIN_NUMEL`` entries (``numel``, default ``t.numel()``), with the
+    kernels switched on (and running as vector code, with ``vector``)."""
+    return (
+        t.device.type == "cpu"
+        and t.is_contiguous()
+        and (t.numel() if numel is None else numel) >= kernels.MIN_NUMEL
+        and (kernels.vectorized(torch.float32) if vector else kernels.available())
+    )
+
+
 def _kernel_input(t: torch.Tensor) -> torch.Tensor | None:
     """``t`` flat, when the compiled kernels take it (contiguous float32 on the CPU, large)."""
-    if (
-        t.dtype != torch.float32
-        or t.device.type != "cpu"
-        or not t.is_contiguous()
-        or t.numel() < kernels.MIN_NUMEL
-        or not kernels.available()
-    ):
+    if t.dtype != torch.float32 or not _kernel_ready(t):
         return None
     return t.detach().reshape(-1)
 
@@ -111,14 +117,7 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     >>> pack_codes(torch.tensor([1, 2, 3], dtype=torch.uint8), 4).tolist()
     [33, 3]
     """
-    if (
-        bits in (1, 2, 4, 8)
-        and codes.dtype == torch.uint8
-        and codes.device.type == "cpu"
-        and codes.is_contiguous()
-        and codes.numel() >= kernels.MIN_NUMEL
-        and kernels.available()
-    ):
+    if bits in (1, 2, 4, 8) and codes.dtype == torch.uint8 and _kernel_ready(codes):
         out = torch.empty(-(-codes.numel() * bits // 8), dtype=torch.uint8)
         kernels.pack_stream(codes.reshape(-1).numpy(), bits, out.numpy())
         return out
@@ -231,13 +230,9 @@ def _stream_kernel_fits(packed: torch.Tensor, values: torch.Tensor, flat: torch.
     return (
         flat.dtype == torch.float32
         and values.dtype == torch.float32
-        and flat.device.type == "cpu"
-        and packed.device.type == "cpu"
         and packed.dtype == torch.uint8
-        and packed.is_contiguous()
-        and flat.is_contiguous()
-        and flat.numel() >= kernels.MIN_NUMEL
-        and kernels.vectorized(torch.float32)
+        and _kernel_ready(packed, flat.numel(), vector=True)
+        and _kernel_ready(flat, vector=True)
     )
 
 
@@ -604,17 +599,15 @@ def decode_grouped_codes(
 def _pack_grouped_codes(codes: torch.Tensor, widths: torch.Tensor, gs: int) -> torch.Tensor:
     """:func:`~optiquant.io.pack_groups` of codes known to fit their widths (one compiled
     pass on the CPU where the kernels run)."""
-    if (
-        gs % 8 == 0
-        and codes.dtype in (torch.uint8, torch.int16, torch.int32)
-        and widths.dtype == torch.uint8
-        and codes.device.type == "cpu"
-        and codes.numel() >= kernels.MIN_NUMEL
-        and kernels.vectorized(torch.float32)
-    ):
-        flat = codes.reshape(-1).contiguous().numpy()
-        return torch.from_numpy(kernels.pack_grouped(flat, widths.contiguous().numpy(), gs))
+    if gs % 8 == 0 and codes.dtype in _GROUPED_CODES and widths.dtype == torch.uint8:
+        flat = codes.reshape(-1).contiguous()
+        if _kernel_ready(flat, vector=True):
+            packed = kernels.pack_grouped(flat.numpy(), widths.contiguous().numpy(), gs)
+            return torch.from_numpy(packed)
     return pack_groups(codes, widths, gs, check=False)
+
+
+_GROUPED_CODES = (torch.uint8, torch.int16, torch.int32)
 
 
 class GroupedCodec(Codec):
@@ -765,14 +758,10 @@ class GroupedCodec(Codec):
 
     def _kernel_fits(self, enc: EncodedTensor) -> bool:
         """Whether :func:`optiquant.quant.kernels.decode_grouped` decodes ``enc``."""
-        codes = enc.tensors["codes"]
         return (
             enc.meta["group_size"] % 8 == 0
             and compute_dtype(enc.dtype) == torch.float32
-            and codes.device.type == "cpu"
-            and codes.is_contiguous()
-            and enc.numel >= kernels.MIN_NUMEL
-            and kernels.vectorized(torch.float32)
+            and _kernel_ready(enc.tensors["codes"], enc.numel, vector=True)
         )
 
     def _kernel_values(self, enc: EncodedTensor, flat: torch.Tensor) -> None:

@@ -438,15 +438,13 @@ if numba is not None:
         per_word = 8 // itemsize
 
         @jit(nogil=True)
-        def pack_grouped_kernel(codes, widths, sub, geo, out, first, last):  # type: ignore[no-untyped-def]
-            """Write the units of groups ``first`` to ``last - 1`` into the grouped
-            stream ``out`` (``codes``: the bytes of the codes, ``itemsize`` each), in
-            order: each unit rewrites the 8 bytes from its own on (``out`` has 8 bytes
-            to spare at its end), so one thread must write the whole stream."""
-            count = np.zeros(geo.shape[1], dtype=np.int64)
-            for g in range(first):  # each width's rank at group ``first``
-                count[widths[g]] += 1
-            for g in range(first, last):
+        def pack_grouped_kernel(codes, widths, sub, geo, out):  # type: ignore[no-untyped-def]
+            """Write every group's units into the grouped stream ``out`` (``codes``: the
+            bytes of the codes, ``itemsize`` each), in order: each unit rewrites the 8
+            bytes from its own on (``out`` has 8 bytes to spare at its end), so one
+            thread writes the whole stream."""
+            count = np.zeros(geo.shape[1], dtype=np.int64)  # each width's next rank
+            for g in range(widths.size):
                 w = widths[g]
                 r = count[w]
                 count[w] = r + 1
@@ -1089,7 +1087,7 @@ def pack_grouped(codes: np.ndarray, widths: np.ndarray, group_size: int) -> np.n
     geo, _, _, total = _grouped_layout(counts, group_size, 0)
     out = np.zeros(total + 8, dtype=np.uint8)
     raw = np.ascontiguousarray(codes).view(np.uint8)
-    _PACK_GROUPED[codes.itemsize](raw, widths, group_size // 8, geo, out, 0, widths.size)
+    _PACK_GROUPED[codes.itemsize](raw, widths, group_size // 8, geo, out)
     return out[:total]
 
 
